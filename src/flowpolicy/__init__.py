@@ -1,0 +1,3 @@
+"""flowpolicy: online reinforcement learning of flow-matching policies."""
+
+__version__ = "0.1.0"

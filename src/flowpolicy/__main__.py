@@ -1,0 +1,5 @@
+import sys
+
+from flowpolicy.cli import main
+
+sys.exit(main())

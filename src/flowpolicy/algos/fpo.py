@@ -1,0 +1,422 @@
+"""FPO — Flow Policy Optimization — and FPO++ as switches of the same algorithm.
+
+FPO (McAllister, Ge, Yi et al., arXiv 2507.21053; code akanazawa/fpo) is PPO for a flow
+policy whose likelihood ratio is replaced by a ratio of conditional-flow-matching losses
+(ALGORITHMS.md section 3). At rollout time, for every sampled action ``a`` we draw M pairs
+``(tau_i, eps_i)`` and store them with the old losses
+
+    l_old_i = || v_old(x_tau_i, tau_i | s) - (a - eps_i) ||^2,   x_tau = (1 - tau) eps + tau a.
+
+The *same* pairs give the new losses ``l_new_i`` in every epoch, and
+
+    per action (paper):      r   = exp(mean_i l_old_i - mean_i l_new_i)
+    per sample (FPO++/code): r_i = exp(l_old_i - l_new_i), each clipped on its own,
+    L = -E[min(r A, clip(r, 1 - c, 1 + c) A)]          (c = 0.05).
+
+Lowering the CFM loss of an action raises its (ELBO-bounded) likelihood, so positive-advantage
+actions become more likely. Exploration comes only from the random initial noise.
+
+FPO++ (Yi, Choi et al., arXiv 2602.02481; code amazon-far/fpo-control; section 4) adds:
+per-sample ratios; the ASPO trust region (PPO clip for A >= 0, SPO's
+``r A - |A| (r - 1)^2 / (2 c)`` for A < 0); CFM losses clamped at 20 (and the new loss clamped
+again on negative-advantage samples so they cannot push an action's loss up without bound); a
+straight-through clamp of the log-ratio at 10; advantages clamped to +-100; Gaussian action
+perturbation (std 0.02) on training rollouts; an EMA of the actor that is evaluated and saved;
+the sum/sqrt(A) loss reduction; tau ~ U[0.005, 0.995]; AdamW. :func:`fpo_plus_plus` returns
+that preset; every switch is also a field of :class:`FPOConfig`.
+
+Shapes: ``T`` rollout steps, ``N`` envs, ``B`` minibatch, ``M`` (tau, eps) pairs per action,
+``A = Ta * Da`` flat action size, ``Do`` observation size.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from flowpolicy import flows
+from flowpolicy.algos import onpolicy
+from flowpolicy.algos.validation import check_on_policy_config, require_positive
+from flowpolicy.buffers import RolloutBatch
+from flowpolicy.critics import ValueNet
+from flowpolicy.nets import Activation
+from flowpolicy.policies import FlowPolicy, Squash
+
+
+@dataclass(frozen=True)
+class FPOConfig:
+    """FPO. Algorithmic defaults are the paper's (K 10, M 8, clip 0.05, eps-MSE, tau on the
+    sampling grid, 4x32 SiLU actor with output scale 0.25); the data regime and critic are
+    those of our Gaussian PPO so that the two differ only in the policy class."""
+
+    # --- rollout and PPO ---
+    num_envs: int = 8
+    """parallel environments."""
+    num_steps: int = 256
+    """steps per env per rollout; the batch is num_envs * num_steps."""
+    learning_rate: float = 3e-4
+    """learning rate (actor and critic)."""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over the run."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Adam (FPO) or AdamW (FPO++)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    gamma: float = 0.99
+    """discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 32
+    """minibatches per epoch; must divide the batch."""
+    update_epochs: int = 10
+    """passes over each batch."""
+    norm_adv: bool = True
+    """standardise advantages per minibatch."""
+    clip_coef: float = 0.05
+    """trust-region clip c on the CFM ratio (0.05 beat 0.1 and 0.2 in the paper)."""
+    clip_vloss: bool = False
+    """clip the value update around the old values."""
+    vf_coef: float = 0.25
+    """value loss coefficient."""
+    max_grad_norm: float | None = None
+    """global gradient-norm clip (None: no clipping, as in the FPO code)."""
+    scale_rewards: bool = True
+    """divide rewards by the running std of the discounted return."""
+    # --- flow policy ---
+    flow_steps: int = 10
+    """K Euler steps of the sampler."""
+    chunk: int = 1
+    """Ta, actions per policy sample."""
+    chunk_exec: int = 1
+    """Ta_exec <= Ta, actions executed per policy sample."""
+    actor_hidden: tuple[int, ...] = (32, 32, 32, 32)
+    """hidden sizes of the velocity network."""
+    actor_activation: Activation = "silu"
+    """hidden activation of the velocity network."""
+    time_dim: int = 8
+    """size of the Fourier features of flow time."""
+    output_scale: float = 0.25
+    """scale of the velocity network's output."""
+    squash: Squash = "tanh"
+    """how raw actions are bounded for the env: tanh (FPO) or clip."""
+    critic_hidden: tuple[int, ...] = (64, 64)
+    """hidden sizes of the value network."""
+    critic_activation: Activation = "tanh"
+    """hidden activation of the value network."""
+    # --- the FPO ratio ---
+    mc_samples: int = 8
+    """M, (tau, eps) pairs per action."""
+    ratio_mode: Literal["per_action", "per_sample"] = "per_action"
+    """one ratio from mean losses (paper) or one per pair (released code, FPO++)."""
+    per_sample_logratio_clamp: float | None = 3.0
+    """hard clamp of each per-sample log-ratio (released FPO code); per_sample mode only."""
+    loss_weighting: flows.LossWeighting = "eps"
+    """CFM loss on the velocity, or eps-MSE = tau^2 ||v - u||^2 (paper default)."""
+    tau_sampling: flows.TauSampling = "grid"
+    """how tau is drawn: the K-point sampling grid (FPO), uniform, or logit-normal."""
+    tau_min: float = 0.0
+    """lower end of tau for uniform/logit-normal sampling."""
+    tau_max: float = 1.0
+    """upper end of tau for uniform/logit-normal sampling."""
+    cfm_reduction: flows.LossReduction = "mean"
+    """reduce the CFM loss over action dims by mean or sum/sqrt(A) (FPO++)."""
+    # --- FPO++ switches ---
+    trust_region: Literal["ppo", "aspo"] = "ppo"
+    """PPO clip, or ASPO (PPO for A >= 0, SPO for A < 0)."""
+    cfm_loss_clamp: float | None = None
+    """clamp each CFM loss at this value before differencing (FPO++: 20)."""
+    logratio_clamp: float | None = None
+    """straight-through clamp of the log-ratio to +-this (FPO++: 10)."""
+    advantage_clamp: float | None = None
+    """clamp advantages to +-this (FPO++: 100)."""
+    action_noise_std: float = 0.0
+    """Gaussian perturbation of training-rollout actions (FPO++: 0.02)."""
+    ema_decay: float | None = None
+    """EMA of the actor that is evaluated and saved (FPO++: 0.95); None disables it."""
+    ema_start: int = 500
+    """optimizer steps before the EMA starts averaging (it copies the weights until then)."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    def __post_init__(self) -> None:
+        check_on_policy_config(self)
+        require_positive(self, "flow_steps", "mc_samples", "chunk", "chunk_exec", "time_dim")
+        if self.chunk_exec > self.chunk:
+            raise ValueError(
+                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
+                "only execute actions the policy produced."
+            )
+        if not 0.0 <= self.tau_min < self.tau_max <= 1.0:
+            raise ValueError(
+                f"need 0 <= tau_min < tau_max <= 1, got {self.tau_min} and {self.tau_max}."
+            )
+        if self.action_noise_std < 0:
+            raise ValueError(f"action_noise_std must be >= 0, got {self.action_noise_std}.")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}.")
+        require_positive(
+            self, "cfm_loss_clamp", "logratio_clamp", "advantage_clamp", "per_sample_logratio_clamp"
+        )
+
+
+def fpo_plus_plus(**overrides: object) -> FPOConfig:
+    """The FPO++ preset (released-code defaults for locomotion, with the CPU-sized data regime
+    of :class:`FPOConfig`); keyword overrides win."""
+    preset = dict(
+        ratio_mode="per_sample",
+        per_sample_logratio_clamp=None,
+        trust_region="aspo",
+        cfm_loss_clamp=20.0,
+        logratio_clamp=10.0,
+        advantage_clamp=100.0,
+        action_noise_std=0.02,
+        ema_decay=0.95,
+        ema_start=500,
+        cfm_reduction="sqrt_sum",
+        loss_weighting="velocity",
+        tau_sampling="uniform",
+        tau_min=0.005,
+        tau_max=0.995,
+        optimizer="adamw",
+        learning_rate=1e-4,
+        weight_decay=1e-4,
+        max_grad_norm=1.0,
+        vf_coef=1.0,
+        mc_samples=16,
+    )
+    return FPOConfig(**(preset | overrides))
+
+
+def trust_region_objective(
+    ratio: Tensor, advantages: Tensor, clip_coef: float, mode: Literal["ppo", "aspo"]
+) -> Tensor:
+    """Per-sample objective to maximise; ratio and advantages broadcast together.
+
+    ppo:  min(r A, clip(r, 1 - c, 1 + c) A)
+    aspo: the PPO term where A >= 0, and SPO's ``r A - |A| (r - 1)^2 / (2 c)`` where A < 0
+          (a smooth quadratic penalty instead of a hard clip for bad actions).
+    """
+    ppo = torch.min(ratio * advantages, ratio.clamp(1 - clip_coef, 1 + clip_coef) * advantages)
+    if mode == "ppo":
+        return ppo
+    spo = ratio * advantages - advantages.abs() / (2 * clip_coef) * (ratio - 1).square()
+    return torch.where(advantages >= 0, ppo, spo)
+
+
+def straight_through_clamp(x: Tensor, bound: float) -> Tensor:
+    """Clamp the value to +-bound but pass the gradient as if unclamped."""
+    return x + (x.clamp(-bound, bound) - x).detach()
+
+
+class FPO:
+    """FPO / FPO++ on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per batch."""
+
+    def __init__(
+        self, obs_dim: int, action_low: Tensor, action_high: Tensor, config: FPOConfig
+    ) -> None:
+        self.config = config
+        self.policy = FlowPolicy(
+            obs_dim,
+            action_low,
+            action_high,
+            chunk=config.chunk,
+            chunk_exec=config.chunk_exec,
+            flow_steps=config.flow_steps,
+            hidden=config.actor_hidden,
+            time_dim=config.time_dim,
+            activation=config.actor_activation,
+            output_scale=config.output_scale,
+            squash=config.squash,
+        )
+        self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
+        self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
+        self.parameters = [*self.policy.parameters(), *self.critic.parameters()]
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_class(
+            self.parameters, lr=config.learning_rate, eps=1e-5, weight_decay=config.weight_decay
+        )
+        self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
+        self.optimizer_steps = 0
+
+    @property
+    def eval_policy(self) -> FlowPolicy:
+        """The policy that evaluation runs and checkpoints export (the EMA copy if enabled)."""
+        return self.ema_policy if self.ema_policy is not None else self.policy
+
+    def cfm_losses(
+        self, obs_normalised: Tensor, action: Tensor, tau: Tensor, noise: Tensor
+    ) -> Tensor:
+        """CFM loss of the current velocity field at stored pairs.
+
+        Args:
+            obs_normalised: (B, Do). action: (B, A). tau: (B, M). noise: (B, M, A).
+
+        Returns:
+            (B, M) losses (unclamped).
+        """
+        cfg = self.config
+        batch, pairs = tau.shape
+        actions = action.unsqueeze(1).expand_as(noise)  # (B, M, A)
+        x_tau = flows.interpolate(actions, noise, tau)  # (B, M, A)
+        obs_repeated = obs_normalised.unsqueeze(1).expand(batch, pairs, -1)  # (B, M, Do)
+        velocity = self.policy.velocity(
+            obs_repeated.flatten(0, 1), x_tau.flatten(0, 1), tau.flatten()
+        ).view_as(noise)
+        return flows.cfm_loss(velocity, actions, noise, tau, cfg.loss_weighting, cfg.cfm_reduction)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample actions for raw observations (N, Do) and draw the FPO pairs.
+
+        Returns env actions (N, Ta_exec * Da) and the record: ``action`` (N, A), the stored
+        ``tau`` (N, M) and ``noise`` (N, M, A), and ``old_cfm_loss`` (N, M).
+        """
+        cfg = self.config
+        action = self.policy.sample(obs, "random")
+        if cfg.action_noise_std > 0:
+            action = action + cfg.action_noise_std * torch.randn_like(action)
+        num_envs, action_size = action.shape
+        tau = flows.sample_tau(
+            (num_envs, cfg.mc_samples), cfg.tau_sampling, cfg.flow_steps, cfg.tau_min, cfg.tau_max
+        )
+        noise = torch.randn(num_envs, cfg.mc_samples, action_size)
+        old_losses = self.cfm_losses(self.policy.obs_norm(obs), action, tau, noise)
+        if cfg.cfm_loss_clamp is not None:
+            old_losses = old_losses.clamp(max=cfg.cfm_loss_clamp)
+        record = {"action": action, "tau": tau, "noise": noise, "old_cfm_loss": old_losses}
+        return self.policy.env_action(action), record
+
+    def policy_loss(
+        self,
+        obs_normalised: Tensor,
+        action: Tensor,
+        tau: Tensor,
+        noise: Tensor,
+        old_losses: Tensor,
+        advantages: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """FPO surrogate on a minibatch: obs (B, Do), action (B, A), tau (B, M), noise
+        (B, M, A), old_losses (B, M), advantages (B,). Returns (loss, metrics)."""
+        cfg = self.config
+        new_losses = self.cfm_losses(obs_normalised, action, tau, noise)  # (B, M)
+        if cfg.cfm_loss_clamp is not None:
+            # Both losses are clamped in value before differencing. Straight-through for good
+            # actions; a hard clamp for bad ones, so they cannot push an action's loss up
+            # without bound (past the clamp they get no gradient).
+            hard = new_losses.clamp(max=cfg.cfm_loss_clamp)
+            soft = new_losses + (hard - new_losses).detach()
+            new_losses = torch.where((advantages < 0).unsqueeze(-1), hard, soft)
+        if cfg.ratio_mode == "per_action":
+            log_ratio = old_losses.mean(-1) - new_losses.mean(-1)  # (B,)
+            adv = advantages
+        else:
+            log_ratio = old_losses - new_losses  # (B, M)
+            if cfg.per_sample_logratio_clamp is not None:
+                bound = cfg.per_sample_logratio_clamp
+                log_ratio = log_ratio.clamp(-bound, bound)
+            adv = advantages.unsqueeze(-1)  # same advantage for every pair of an action
+        if cfg.logratio_clamp is not None:
+            log_ratio = straight_through_clamp(log_ratio, cfg.logratio_clamp)
+        ratio = log_ratio.exp()
+        objective = trust_region_objective(ratio, adv, cfg.clip_coef, cfg.trust_region)
+        loss = -objective.mean()
+        with torch.no_grad():
+            metrics = {
+                "policy/ratio": ratio.mean(),
+                "policy/approx_kl": ((ratio - 1) - log_ratio).mean(),
+                "policy/clipfrac": ((ratio - 1).abs() > cfg.clip_coef).float().mean(),
+                "policy/cfm_loss": new_losses.mean(),
+            }
+        return loss, metrics
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """Several epochs of minibatch FPO on one rollout; returns mean metrics."""
+        cfg = self.config
+        rewards = self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        obs_norm = self.policy.obs_norm
+        values, advantages, returns = onpolicy.advantages_and_returns(
+            batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = onpolicy.annealed_lr(cfg.learning_rate, batch.progress, cfg.anneal_lr)
+
+        flat_obs = obs_norm(batch.obs).flatten(0, 1)  # (T*N, Do)
+        records = {name: value.flatten(0, 1) for name, value in batch.records.items()}
+        flat_adv, flat_returns, flat_values = (x.flatten() for x in (advantages, returns, values))
+
+        def minibatch_step(idx: Tensor) -> dict[str, Tensor | float]:
+            adv = flat_adv[idx]
+            if cfg.norm_adv:
+                adv = onpolicy.normalize_advantages(adv)
+            if cfg.advantage_clamp is not None:
+                adv = adv.clamp(-cfg.advantage_clamp, cfg.advantage_clamp)
+            pg_loss, metrics = self.policy_loss(
+                flat_obs[idx],
+                records["action"][idx],
+                records["tau"][idx],
+                records["noise"][idx],
+                records["old_cfm_loss"][idx],
+                adv,
+            )
+            v_loss = onpolicy.value_loss(
+                self.critic(flat_obs[idx]),
+                flat_values[idx],
+                flat_returns[idx],
+                cfg.clip_coef if cfg.clip_vloss else None,
+            )
+            loss = pg_loss + cfg.vf_coef * v_loss
+            grad_norm = onpolicy.optimizer_step(
+                self.optimizer, loss, self.parameters, cfg.max_grad_norm
+            )
+            self._update_ema()
+            return metrics | {"loss/policy": pg_loss, "loss/value": v_loss, "loss/grad_norm": grad_norm}
+
+        out = onpolicy.run_epochs(cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step)
+        obs_norm.update(batch.obs)
+        if self.ema_policy is not None:
+            self.ema_policy.obs_norm.load_state_dict(obs_norm.state_dict())
+        out["critic/explained_variance"] = onpolicy.explained_variance(flat_values, flat_returns)
+        out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """EMA of the actor's parameters; a plain copy for the first ``ema_start`` steps."""
+        self.optimizer_steps += 1
+        if self.ema_policy is None:
+            return
+        decay = self.config.ema_decay if self.optimizer_steps > self.config.ema_start else 0.0
+        for ema_param, param in zip(
+            self.ema_policy.parameters(), self.policy.parameters(), strict=True
+        ):
+            ema_param.lerp_(param, 1.0 - decay)
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "ema_policy": None if self.ema_policy is None else self.ema_policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "optimizer_steps": self.optimizer_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        if self.ema_policy is not None:
+            self.ema_policy.load_state_dict(state["ema_policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer_steps = state["optimizer_steps"]
+

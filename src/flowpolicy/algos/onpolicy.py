@@ -1,0 +1,141 @@
+"""Pieces every PPO-family method shares: reward scaling, advantages, the value loss,
+minibatching, the guarded optimiser step. Each algorithm file stays readable top to bottom
+and only spells out what is its own (the ratio and the surrogate)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from flowpolicy.buffers import RolloutBatch
+from flowpolicy.critics import ValueNet
+from flowpolicy.errors import NonFiniteLossError
+from flowpolicy.policies import RunningNorm
+from flowpolicy.returns import gae
+
+
+class ReturnScaler(nn.Module):
+    """Divides rewards by the running std of the discounted return (Gymnasium's
+    ``NormalizeReward``, which CleanRL's PPO uses), then clips them to ``[-clip, clip]``.
+
+    The running return ``R_t = gamma (1 - done_{t-1}) R_{t-1} + r_t`` is carried across
+    iterations per env. Statistics are updated with the whole batch before scaling it, so one
+    batch is scaled with one std.
+    """
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0) -> None:
+        super().__init__()
+        self.gamma, self.clip = gamma, clip
+        self.return_stats = RunningNorm(1)
+        self.register_buffer("running_return", torch.zeros(num_envs))
+        self.register_buffer("previous_done", torch.zeros(num_envs))
+
+    def forward(self, rewards: Tensor, dones: Tensor) -> Tensor:
+        """rewards, dones (T, N) -> scaled rewards (T, N)."""
+        returns = torch.empty_like(rewards)
+        running, previous_done = self.running_return, self.previous_done
+        for t in range(rewards.shape[0]):
+            running = self.gamma * (1.0 - previous_done) * running + rewards[t]
+            returns[t], previous_done = running, dones[t]
+        self.running_return.copy_(running)
+        self.previous_done.copy_(previous_done)
+        self.return_stats.update(returns.reshape(-1, 1))
+        std = torch.sqrt(self.return_stats.var + 1e-8).float()
+        return (rewards / std).clamp(-self.clip, self.clip)
+
+
+@torch.no_grad()
+def advantages_and_returns(
+    batch: RolloutBatch,
+    critic: ValueNet,
+    obs_norm: RunningNorm,
+    rewards: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Values, GAE advantages and returns, each (T, N), for (possibly scaled) rewards (T, N).
+
+    ``V(s'_t)`` is evaluated on the stored true next observations, so truncated episodes
+    bootstrap from their real final observation (see :mod:`flowpolicy.returns`).
+    """
+    values = critic(obs_norm(batch.obs))
+    next_values = critic(obs_norm(batch.next_obs))
+    advantages, returns = gae(
+        rewards, values, next_values, batch.terminated, batch.dones, gamma, gae_lambda
+    )
+    return values, advantages, returns
+
+
+def value_loss(
+    new_values: Tensor, old_values: Tensor, returns: Tensor, clip_coef: float | None
+) -> Tensor:
+    """``0.5 E[(V - R)^2]``, optionally with PPO's value clipping around the old values."""
+    unclipped = (new_values - returns).square()
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped_values = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+    return 0.5 * torch.max(unclipped, (clipped_values - returns).square()).mean()
+
+
+def normalize_advantages(advantages: Tensor) -> Tensor:
+    """Per-minibatch standardisation (CleanRL); a single-sample batch is left unchanged."""
+    if advantages.numel() < 2:
+        return advantages
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def minibatch_indices(batch_size: int, num_minibatches: int) -> Iterator[Tensor]:
+    """A fresh random permutation cut into ``num_minibatches`` equal index sets."""
+    permutation = torch.randperm(batch_size)
+    yield from permutation.view(num_minibatches, -1)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    parameters: Sequence[nn.Parameter],
+    max_grad_norm: float | None,
+) -> float:
+    """Backward + (clipped) step. Refuses a non-finite loss so no NaN reaches the weights.
+
+    Returns the gradient norm before clipping.
+    """
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    limit = math.inf if max_grad_norm is None else max_grad_norm
+    grad_norm = nn.utils.clip_grad_norm_(parameters, limit)
+    optimizer.step()
+    return float(grad_norm)
+
+
+def annealed_lr(learning_rate: float, progress: float, anneal: bool) -> float:
+    """Linear decay from ``learning_rate`` to 0 over the run (CleanRL ``anneal_lr``)."""
+    return learning_rate * (1.0 - progress) if anneal else learning_rate
+
+
+def explained_variance(predicted: Tensor, target: Tensor) -> float:
+    """``1 - Var[target - predicted] / Var[target]``: 1 is a perfect critic, 0 a constant."""
+    variance = target.var()
+    return float("nan") if variance == 0 else float(1.0 - (target - predicted).var() / variance)
+
+
+def run_epochs(
+    update_epochs: int,
+    batch_size: int,
+    num_minibatches: int,
+    minibatch_step: Callable[[Tensor], dict[str, Tensor | float]],
+) -> dict[str, float]:
+    """Call ``minibatch_step(indices)`` for every minibatch of every epoch; average its metrics."""
+    sums: dict[str, float] = {}
+    for _ in range(update_epochs):
+        for indices in minibatch_indices(batch_size, num_minibatches):
+            for name, value in minibatch_step(indices).items():
+                value = value.detach() if isinstance(value, Tensor) else value
+                sums[name] = sums.get(name, 0.0) + float(value)
+    steps = update_epochs * num_minibatches
+    return {name: total / steps for name, total in sums.items()}

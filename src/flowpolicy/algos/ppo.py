@@ -1,0 +1,202 @@
+"""Gaussian PPO — the baseline every flow method is measured against.
+
+Schulman et al. 2017, with the semantics of CleanRL's ``ppo_continuous_action.py``
+(ALGORITHMS.md section 2): a diagonal Gaussian with state-independent log-std, GAE that
+bootstraps through truncation but not termination, per-minibatch advantage normalisation and
+
+    L = -E[min(r A, clip(r, 1 - c, 1 + c) A)] + vf_coef * L_V - ent_coef * H,
+    r = pi_theta(a|s) / pi_old(a|s).
+
+Shapes: ``T`` rollout steps, ``N`` envs, ``Do`` obs size, ``Da`` action size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from flowpolicy.algos import onpolicy
+from flowpolicy.algos.validation import check_on_policy_config
+from flowpolicy.buffers import RolloutBatch
+from flowpolicy.critics import ValueNet
+from flowpolicy.nets import Activation
+from flowpolicy.policies import GaussianPolicy
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Gaussian PPO. Defaults: CleanRL's continuous-control PPO, with the 2048-step rollout
+    spread over 8 envs (a quarter of the per-step policy calls on a CPU)."""
+
+    num_envs: int = 8
+    """parallel environments."""
+    num_steps: int = 256
+    """steps per env per rollout; the batch is num_envs * num_steps."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (actor and critic)."""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over the run."""
+    gamma: float = 0.99
+    """discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 32
+    """minibatches per epoch; must divide the batch."""
+    update_epochs: int = 10
+    """passes over each batch."""
+    norm_adv: bool = True
+    """standardise advantages per minibatch."""
+    clip_coef: float = 0.2
+    """PPO ratio clip c."""
+    clip_vloss: bool = True
+    """clip the value update around the old values (with clip_coef)."""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip."""
+    scale_rewards: bool = True
+    """divide rewards by the running std of the discounted return (CleanRL's NormalizeReward)."""
+    actor_hidden: tuple[int, ...] = (64, 64)
+    """hidden sizes of the mean network."""
+    critic_hidden: tuple[int, ...] = (64, 64)
+    """hidden sizes of the value network."""
+    activation: Activation = "tanh"
+    """hidden activation of both networks."""
+    initial_log_std: float = 0.0
+    """initial log standard deviation of the policy."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def chunk_exec(self) -> int:
+        """Actions executed per policy call (a Gaussian policy acts one step at a time)."""
+        return 1
+
+    def __post_init__(self) -> None:
+        check_on_policy_config(self)
+
+
+class PPO:
+    """Gaussian PPO: ``act`` during rollouts, ``update`` once per rollout batch."""
+
+    def __init__(
+        self, obs_dim: int, action_low: Tensor, action_high: Tensor, config: PPOConfig
+    ) -> None:
+        self.config = config
+        self.policy = GaussianPolicy(
+            obs_dim,
+            action_low,
+            action_high,
+            hidden=config.actor_hidden,
+            activation=config.activation,
+            initial_log_std=config.initial_log_std,
+        )
+        self.critic = ValueNet(obs_dim, config.critic_hidden, config.activation)
+        self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
+        self.parameters = [*self.policy.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate, eps=1e-5)
+
+    @property
+    def eval_policy(self) -> GaussianPolicy:
+        """The policy that evaluation runs and checkpoints export."""
+        return self.policy
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample actions for raw observations (N, Do).
+
+        Returns the env actions (N, Da) and the record: the unclipped sample ``action`` (N, Da)
+        and its ``log_prob`` (N,).
+        """
+        dist = self.policy.distribution(self.policy.obs_norm(obs))
+        action = dist.sample()
+        record = {"action": action, "log_prob": dist.log_prob(action).sum(-1)}
+        return self.policy.env_action(action), record
+
+    def policy_loss(
+        self, obs_normalised: Tensor, action: Tensor, old_log_prob: Tensor, advantages: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Clipped surrogate for a minibatch (B, ...); returns (loss, metrics)."""
+        dist = self.policy.distribution(obs_normalised)
+        log_ratio = dist.log_prob(action).sum(-1) - old_log_prob
+        ratio = log_ratio.exp()
+        c = self.config.clip_coef
+        surrogate = torch.min(ratio * advantages, ratio.clamp(1 - c, 1 + c) * advantages)
+        entropy = dist.entropy().sum(-1).mean()
+        loss = -surrogate.mean() - self.config.ent_coef * entropy
+        with torch.no_grad():
+            metrics = {
+                "policy/ratio": ratio.mean(),
+                "policy/approx_kl": ((ratio - 1) - log_ratio).mean(),
+                "policy/clipfrac": ((ratio - 1).abs() > c).float().mean(),
+                "policy/entropy": entropy,
+            }
+        return loss, metrics
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """Several epochs of minibatch PPO on one rollout; returns mean metrics."""
+        cfg = self.config
+        rewards = self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        obs_norm = self.policy.obs_norm
+        values, advantages, returns = onpolicy.advantages_and_returns(
+            batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = onpolicy.annealed_lr(cfg.learning_rate, batch.progress, cfg.anneal_lr)
+
+        flat_obs = obs_norm(batch.obs).flatten(0, 1)  # (T*N, Do)
+        flat_action = batch.records["action"].flatten(0, 1)  # (T*N, Da)
+        flat_log_prob = batch.records["log_prob"].flatten(0, 1)
+        flat_adv, flat_returns, flat_values = (x.flatten() for x in (advantages, returns, values))
+
+        def minibatch_step(idx: Tensor) -> dict[str, Tensor | float]:
+            adv = flat_adv[idx]
+            if cfg.norm_adv:
+                adv = onpolicy.normalize_advantages(adv)
+            pg_loss, metrics = self.policy_loss(
+                flat_obs[idx], flat_action[idx], flat_log_prob[idx], adv
+            )
+            v_loss = onpolicy.value_loss(
+                self.critic(flat_obs[idx]),
+                flat_values[idx],
+                flat_returns[idx],
+                cfg.clip_coef if cfg.clip_vloss else None,
+            )
+            loss = pg_loss + cfg.vf_coef * v_loss
+            grad_norm = onpolicy.optimizer_step(
+                self.optimizer, loss, self.parameters, cfg.max_grad_norm
+            )
+            return metrics | {"loss/policy": pg_loss, "loss/value": v_loss, "loss/grad_norm": grad_norm}
+
+        out = onpolicy.run_epochs(
+            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
+        )
+        self.policy.obs_norm.update(batch.obs)
+        out["critic/explained_variance"] = onpolicy.explained_variance(flat_values, flat_returns)
+        out["policy/std"] = float(self.policy.log_std.exp().mean())
+        out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.optimizer.load_state_dict(state["optimizer"])

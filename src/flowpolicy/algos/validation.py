@@ -1,0 +1,64 @@
+"""Checks that turn a bad hyper-parameter into a message saying what is wrong and what to do.
+
+Configs call these from ``__post_init__``; the CLI shows the ``ValueError`` text and exits 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """Each named field must be > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be positive, got {value!r}. "
+                f"Pass a value > 0 (e.g. --{name.replace('_', '-')} "
+                f"{getattr(type(config), name, 'VALUE')})."
+            )
+
+
+def require_range(config: Any, name: str, low: float, high: float) -> None:
+    """Field must lie in the closed interval [low, high]."""
+    value = getattr(config, name)
+    if not low <= value <= high:
+        raise ValueError(
+            f"{type(config).__name__}.{name} must be in [{low}, {high}], got {value!r}."
+        )
+
+
+def check_on_policy_config(config: Any) -> None:
+    """Shared checks of PPO-family configs: positive sizes and rates, a batch that splits
+    evenly into minibatches, probabilities within [0, 1]."""
+    require_positive(
+        config,
+        "num_envs",
+        "num_steps",
+        "learning_rate",
+        "num_minibatches",
+        "update_epochs",
+        "clip_coef",
+    )
+    require_range(config, "gamma", 0.0, 1.0)
+    require_range(config, "gae_lambda", 0.0, 1.0)
+    if config.vf_coef < 0:
+        raise ValueError(f"vf_coef must be >= 0, got {config.vf_coef!r}.")
+    if config.max_grad_norm is not None and config.max_grad_norm <= 0:
+        raise ValueError(
+            f"max_grad_norm must be positive (or None for no clipping), got {config.max_grad_norm!r}."
+        )
+    batch = config.num_envs * config.num_steps
+    if batch % config.num_minibatches:
+        raise ValueError(
+            f"The batch of num_envs * num_steps = {config.num_envs} * {config.num_steps} = {batch} "
+            f"samples does not split into num_minibatches = {config.num_minibatches} equal parts. "
+            "Change --num-steps, --num-envs or --num-minibatches so the batch is a multiple of "
+            "the number of minibatches."
+        )
+    if batch // config.num_minibatches < 2:
+        raise ValueError(
+            f"Minibatches of {batch // config.num_minibatches} sample are too small to normalise "
+            "advantages; use fewer minibatches or a larger batch."
+        )

@@ -1,0 +1,153 @@
+"""Command line: ``flowpolicy train | eval``.
+
+    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo; --help lists options)
+    flowpolicy train --resume RUN_DIR                 continue a stopped run from its checkpoint
+    flowpolicy eval RUN_DIR [--episodes N]            evaluate a run in zero and random sampling
+
+Mistakes in the input (unknown env, bad hyper-parameter, unreadable run directory) print one
+paragraph saying what was wrong and what to do, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
+from rich.console import Console
+
+from flowpolicy.errors import UserError
+
+ALGOS = ("ppo", "fpo")
+PRESETS = {"ppo": ("ppo",), "fpo": ("fpo", "fpo++")}
+TYRO_CONFIG = (tyro.conf.OmitArgPrefixes, tyro.conf.AvoidSubcommands, tyro.conf.FlagConversionOff)
+USAGE = __doc__.split("\n\n")[1]
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def default_algo_config(algo: str, preset: str):
+    """The algorithm config a preset starts from; command-line flags override its fields."""
+    from flowpolicy.algos.fpo import FPOConfig, fpo_plus_plus
+    from flowpolicy.algos.ppo import PPOConfig
+
+    if algo == "ppo":
+        return PPOConfig()
+    return fpo_plus_plus() if preset == "fpo++" else FPOConfig()
+
+
+def parse_train(args: list[str]):
+    """``ALGO [--preset P] [options]`` -> TrainConfig."""
+    from flowpolicy.train import TrainConfig
+
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0)
+    algo, rest = args[0], args[1:]
+    if algo not in ALGOS:
+        raise UserError(
+            f"Unknown algorithm {algo!r}. Choose one of: {', '.join(ALGOS)} "
+            "(FPO++ is `flowpolicy train fpo --preset fpo++`)."
+        )
+    preset = algo
+    if "--preset" in rest:
+        at = rest.index("--preset")
+        if at + 1 >= len(rest):
+            raise UserError("--preset needs a name, e.g. `--preset fpo++`.")
+        preset = rest[at + 1]
+        rest = rest[:at] + rest[at + 2 :]
+    if preset not in PRESETS[algo]:
+        raise UserError(
+            f"Unknown preset {preset!r} for {algo}. Presets for {algo}: "
+            f"{', '.join(PRESETS[algo])}."
+        )
+    default = TrainConfig(algo=default_algo_config(algo, preset))
+    try:
+        return tyro.cli(
+            TrainConfig,
+            default=default,
+            args=rest,
+            config=TYRO_CONFIG,
+            prog=f"flowpolicy train {algo}" + (f" --preset {preset}" if preset != algo else ""),
+            description=f"Train with {preset}. Every option below overrides the preset's value.",
+        )
+    except ValueError as error:  # raised by the configs' __post_init__ checks
+        raise UserError(f"Invalid hyper-parameter: {error}") from error
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate a run's policy (the EMA weights where the algorithm keeps them)."""
+
+    run_dir: Annotated[str, tyro.conf.Positional]
+    """run directory made by `flowpolicy train`."""
+    episodes: int = 10
+    """episodes per sampling mode."""
+    seed: int | None = None
+    """env and noise seed; default: the run's evaluation seed."""
+
+
+def run_eval(args: list[str]) -> int:
+    from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from flowpolicy.envs import make_vector_env
+    from flowpolicy.evaluation import MODES, evaluate
+    from flowpolicy.train import build_algorithm, read_run_config
+
+    options = tyro.cli(EvalArgs, args=args, config=TYRO_CONFIG, prog="flowpolicy eval")
+    if options.episodes <= 0:
+        raise UserError(f"--episodes must be positive, got {options.episodes}.")
+    config = read_run_config(options.run_dir)
+    checkpoint = load_checkpoint(f"{options.run_dir}/{CHECKPOINT_NAME}")
+    envs = make_vector_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
+    algo = build_algorithm(config, envs)
+    envs.close()
+    algo.load_state_dict(checkpoint["algo"])
+    seed = config.seed + 10_000 if options.seed is None else options.seed
+    step = checkpoint["loop"]["global_step"]
+    print(f"{config.algo_name} on {config.env}, checkpoint at step {step:,}, {options.episodes} episodes")
+    for mode in MODES:
+        returns = evaluate(
+            algo.eval_policy, config.env, options.episodes, seed, config.algo.chunk_exec, mode
+        )
+        print(f"  {mode:>6} sampling: return {returns.mean():10.2f} +/- {returns.std():.2f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``flowpolicy`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    run_dir = None
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        command, args = argv[0], argv[1:]
+        if command == "train":
+            from flowpolicy.train import resume, train
+
+            if args and args[0] == "--resume":
+                if len(args) != 2:
+                    raise UserError("usage: flowpolicy train --resume RUN_DIR")
+                run_dir = args[1]
+                result = resume(run_dir)
+            else:
+                config = parse_train(args)
+                run_dir = config.run_dir
+                result = train(config)
+            print(f"done: {result.run_dir}")
+            return 0
+        if command == "eval":
+            return run_eval(args)
+        raise UserError(f"Unknown command {command!r}.\n{USAGE}")
+    except UserError as error:
+        stderr.print(f"[bold red]error:[/] {error}")
+        return 2
+    except KeyboardInterrupt:
+        where = f" with `flowpolicy train --resume {run_dir}`" if run_dir else ""
+        stderr.print(f"interrupted; the last checkpoint is kept: resume{where}")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""One logger for every run: metrics.jsonl, TensorBoard events, and a rich console line.
+
+Metric names are namespaced: ``charts/`` (returns, speed), ``loss/``, ``policy/``,
+``critic/``, ``eval/<mode>/`` (mode ``zero`` or ``random``). Every line of metrics.jsonl has
+``step`` (env steps) and ``wall_time`` (seconds since the run began, across resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def _plain(value: object) -> object:
+    """JSON-safe scalar (NaN/inf become None so the file stays valid JSON)."""
+    value = float(value) if not isinstance(value, int | str | bool) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Logger:
+    """Writes metrics to ``run_dir``; on resume, drops what was logged after the checkpoint.
+
+    Args:
+        run_dir: the run directory.
+        keep_lines: number of metrics.jsonl lines to keep (from the checkpoint), None = all.
+        resume_step: env step of the checkpoint; TensorBoard events after it are purged.
+        tensorboard: also write TensorBoard events under ``run_dir/tb``.
+        quiet: no console output.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        keep_lines: int | None = None,
+        resume_step: int | None = None,
+        tensorboard: bool = True,
+        quiet: bool = False,
+    ) -> None:
+        self.path = run_dir / METRICS_NAME
+        if keep_lines is not None and self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)[:keep_lines]
+            self.path.write_text("".join(lines))
+        self.lines = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+        self.file = open(self.path, "a")  # noqa: SIM115 - lives as long as the logger
+        self.console = Console(quiet=quiet, highlight=False)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+
+    def log(self, step: int, wall_time: float, metrics: dict[str, float]) -> None:
+        """Append one line to metrics.jsonl and the scalars to TensorBoard."""
+        row = {"step": step, "wall_time": round(wall_time, 3)}
+        row |= {name: _plain(value) for name, value in metrics.items()}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.lines += 1
+        if self.writer is not None:
+            for name, value in metrics.items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self.writer.add_scalar(name, value, step)
+
+    def print(self, message: str) -> None:
+        self.console.print(message)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,359 @@
+"""The on-policy training loop: rollouts -> algo.update -> metrics -> logger, with evaluation,
+atomic checkpoints and exact resume in one place.
+
+Data flows one way: env -> algo.act -> buffer -> algo.update(batch) -> metrics -> logger. The
+loop never looks inside an algorithm's record; algorithms never touch envs, files or loggers.
+
+A run directory holds ``config.json`` (resolved), ``metrics.jsonl``, ``tb/`` (TensorBoard),
+``checkpoint.pt`` and, once finished, ``done.json``: enough to resume or evaluate the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from flowpolicy.algos.fpo import FPO, FPOConfig
+from flowpolicy.algos.ppo import PPO, PPOConfig
+from flowpolicy.buffers import RolloutBuffer
+from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from flowpolicy.envs import env_dims, make_vector_env
+from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
+from flowpolicy.errors import NonFiniteLossError, UserError
+from flowpolicy.evaluation import evaluate_modes
+from flowpolicy.logging import Logger
+
+AlgoConfig = PPOConfig | FPOConfig
+ALGORITHMS: dict[type, tuple[str, type]] = {PPOConfig: ("ppo", PPO), FPOConfig: ("fpo", FPO)}
+CONFIG_CLASSES: dict[str, type] = {name: cfg for cfg, (name, _) in ALGORITHMS.items()}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: an algorithm's config plus where, how long and how to log."""
+
+    algo: AlgoConfig = field(default_factory=FPOConfig)
+    """the algorithm and its hyper-parameters."""
+    env: str = "Hopper-v5"
+    """Gymnasium id (also user-registered ids and "module:EnvId"), "dmc/<domain>-<task>", or "toy/bandit", "toy/nav"."""
+    seed: int = 0
+    """drives torch, numpy, python's random and the envs: same seed, same machine, same numbers."""
+    total_steps: int = 1_000_000
+    """env steps to train for (every executed action counts)."""
+    run_dir: str | None = None
+    """run directory; default runs/<algo>-<env>-s<seed>-<time>."""
+    eval_every: int = 50_000
+    """env steps between evaluations (also at step 0 and at the end); 0 disables periodic evaluation."""
+    eval_episodes: int = 10
+    """episodes per evaluation, run once with zero and once with random sampling."""
+    checkpoint_every: int = 5
+    """iterations between checkpoints (and one at the end)."""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for these small networks and lets runs share cores."""
+    tensorboard: bool = True
+    """write TensorBoard events."""
+    quiet: bool = False
+    """no console output."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "eval_episodes", "checkpoint_every", "torch_threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every!r}.")
+
+    @property
+    def algo_name(self) -> str:
+        return ALGORITHMS[type(self.algo)][0]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run directory and the final metrics."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-ready resolved config, with the algorithm's name."""
+    data = dataclasses.asdict(config)
+    data["algo_name"] = config.algo_name
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_dict` (tuples restored from JSON lists)."""
+    data = dict(data)
+    algo_name = data.pop("algo_name")
+    algo_class = CONFIG_CLASSES[algo_name]
+    algo_fields = {f.name: f for f in dataclasses.fields(algo_class)}
+    algo_data = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in data.pop("algo").items()
+        if name in algo_fields
+    }
+    return TrainConfig(algo=algo_class(**algo_data), **data)
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config of an existing run directory; UserError if it is not one."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(
+            f"{run_dir} is not a flowpolicy run directory (no config.json in it). Pass the "
+            "directory that `flowpolicy train` printed when the run started."
+        )
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{path} could not be read as a flowpolicy run config ({type(error).__name__}: "
+            f"{error}). Was it edited by hand? Restore it or start a new run."
+        ) from error
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    env = config.env.replace("/", "-").replace(":", "-")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.algo_name}-{env}-s{config.seed}-{stamp}"
+
+
+def build_algorithm(config: TrainConfig, envs: gym.vector.VectorEnv) -> PPO | FPO:
+    """Instantiate the algorithm for the envs' observation and (per-step) action spaces."""
+    obs_dim, flat_action_dim = env_dims(envs)
+    action_dim = flat_action_dim // config.algo.chunk_exec
+    space = envs.single_action_space
+    low = torch.as_tensor(space.low[:action_dim], dtype=torch.float32)
+    high = torch.as_tensor(space.high[:action_dim], dtype=torch.float32)
+    return ALGORITHMS[type(config.algo)][1](obs_dim, low, high, config.algo)
+
+
+class EpisodeStats:
+    """Raw (unscaled) returns and lengths of the episodes that end during rollouts."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+        self.finished_returns: list[float] = []
+        self.finished_lengths: list[int] = []
+
+    def add(self, rewards: np.ndarray, dones: np.ndarray, steps: int) -> None:
+        self.returns += rewards
+        self.lengths += steps
+        for i in np.flatnonzero(dones):
+            self.finished_returns.append(float(self.returns[i]))
+            self.finished_lengths.append(int(self.lengths[i]))
+            self.returns[i], self.lengths[i] = 0.0, 0
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Mean over episodes finished since the last call (empty if none finished)."""
+        if not self.finished_returns:
+            return {}
+        metrics = {
+            "charts/episode_return": float(np.mean(self.finished_returns)),
+            "charts/episode_length": float(np.mean(self.finished_lengths)),
+            "charts/episodes": float(len(self.finished_returns)),
+        }
+        self.finished_returns, self.finished_lengths = [], []
+        return metrics
+
+
+def true_next_obs(next_obs: np.ndarray, dones: np.ndarray, infos: dict) -> np.ndarray:
+    """Under SAME_STEP autoreset, a finished sub-env returns the next episode's first obs;
+    its real final observation is in ``infos["final_obs"]``. GAE needs the real one."""
+    result = next_obs.copy()
+    if dones.any():
+        final_mask = infos.get("_final_obs", dones)
+        for i in np.flatnonzero(final_mask):
+            result[i] = infos["final_obs"][i]
+    return result
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    config: TrainConfig,
+    env_factory: Callable[[], gym.Env] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train one run; returns its directory and final metrics.
+
+    Args:
+        config: the run (``config.env`` is ignored when ``env_factory`` is given).
+        env_factory: optional zero-argument callable returning a Gymnasium env.
+        resume: continue the run in ``config.run_dir`` from its last checkpoint.
+
+    Raises:
+        UserError: bad env, unreadable run directory, or a loss that became NaN/inf (the last
+            good checkpoint is left untouched).
+    """
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    if not resume and (run_dir / CHECKPOINT_NAME).exists():
+        raise UserError(
+            f"{run_dir} already holds a run. Continue it with `flowpolicy train --resume "
+            f"{run_dir}`, or pass another --run-dir."
+        )
+    torch.set_num_threads(config.torch_threads)
+    seed_everything(config.seed)
+    env_spec = env_factory if env_factory is not None else config.env
+    cfg = config.algo
+    envs = make_vector_env(env_spec, cfg.num_envs, seed=config.seed, chunk_exec=cfg.chunk_exec)
+    algo = build_algorithm(config, envs)
+    obs_array, _ = envs.reset(seed=config.seed)
+    steps_per_iteration = cfg.num_envs * cfg.num_steps * cfg.chunk_exec
+    stats = EpisodeStats(cfg.num_envs)
+    global_step, iteration, wall_offset = 0, 0, 0.0
+    keep_lines = resume_step = None
+
+    if resume:
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        algo.load_state_dict(checkpoint["algo"])
+        loop = checkpoint["loop"]
+        global_step, iteration, wall_offset = loop["global_step"], loop["iteration"], loop["wall_time"]
+        obs_array = loop["obs"]
+        stats.returns, stats.lengths = loop["episode_returns"], loop["episode_lengths"]
+        set_vector_env_state(envs, loop["env_state"])
+        set_rng_state(loop["rng"])
+        keep_lines, resume_step = loop["metrics_lines"], global_step
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+
+    logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet)
+    start = time.perf_counter()
+
+    def wall_time() -> float:
+        return wall_offset + time.perf_counter() - start
+
+    def evaluate() -> dict[str, float]:
+        metrics = evaluate_modes(
+            algo.eval_policy, env_spec, config.eval_episodes, config.seed + 10_000, cfg.chunk_exec
+        )
+        logger.log(global_step, wall_time(), metrics)
+        return metrics
+
+    def checkpoint() -> None:
+        loop_state = {
+            "global_step": global_step,
+            "iteration": iteration,
+            "wall_time": wall_time(),
+            "obs": obs_array,
+            "episode_returns": stats.returns.copy(),
+            "episode_lengths": stats.lengths.copy(),
+            "env_state": get_vector_env_state(envs),
+            "rng": rng_state(),
+            "metrics_lines": logger.lines,
+        }
+        save_checkpoint(
+            run_dir / CHECKPOINT_NAME,
+            {"algo": algo.state_dict(), "loop": loop_state, "config": config_to_dict(config)},
+        )
+
+    if not resume:
+        logger.print(f"[bold]flowpolicy[/] {config.algo_name} on {config.env} -> {run_dir}")
+        last_eval = evaluate()
+        checkpoint()
+    else:
+        logger.print(f"[bold]flowpolicy[/] resuming {run_dir} at step {global_step:,}")
+        last_eval = {}
+    next_eval = (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
+
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape[0])
+    last_return = float("nan")
+    try:
+        while global_step < config.total_steps:
+            iteration_start = time.perf_counter()
+            progress = global_step / config.total_steps
+            buffer.reset()
+            for _ in range(cfg.num_steps):
+                obs = torch.as_tensor(obs_array, dtype=torch.float32)
+                action, record = algo.act(obs)
+                next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+                dones = terminated | truncated
+                real_next = true_next_obs(next_obs, dones, infos)
+                buffer.add(
+                    obs,
+                    record,
+                    torch.as_tensor(reward, dtype=torch.float32),
+                    torch.as_tensor(real_next, dtype=torch.float32),
+                    torch.as_tensor(terminated, dtype=torch.float32),
+                    torch.as_tensor(dones, dtype=torch.float32),
+                )
+                stats.add(reward, dones, cfg.chunk_exec)
+                obs_array = next_obs
+                global_step += cfg.num_envs * cfg.chunk_exec
+            metrics = algo.update(buffer.batch(progress))
+            iteration += 1
+            metrics |= stats.pop_metrics()
+            metrics["charts/sps"] = steps_per_iteration / (time.perf_counter() - iteration_start)
+            metrics["charts/iteration"] = iteration
+            logger.log(global_step, wall_time(), metrics)
+            last_return = metrics.get("charts/episode_return", last_return)
+            finished = global_step >= config.total_steps
+            if finished or (next_eval is not None and global_step >= next_eval):
+                last_eval = evaluate()
+                while next_eval is not None and next_eval <= global_step:
+                    next_eval += config.eval_every
+            if finished or iteration % config.checkpoint_every == 0:
+                checkpoint()
+            logger.print(
+                f"step {global_step:>9,}/{config.total_steps:,} {metrics['charts/sps']:>6,.0f}/s "
+                f"return {last_return:8.2f} | eval zero "
+                f"{last_eval.get('eval/zero/return_mean', float('nan')):8.2f} random "
+                f"{last_eval.get('eval/random/return_mean', float('nan')):8.2f}"
+            )
+    except NonFiniteLossError as error:
+        raise UserError(
+            f"Training stopped at step {global_step:,}: {error}. The last good checkpoint in "
+            f"{run_dir} is intact. Lower the learning rate or enable gradient clipping "
+            "(--max-grad-norm), then resume with `flowpolicy train --resume "
+            f"{run_dir}` or start a new run."
+        ) from error
+    finally:
+        envs.close()
+        logger.close()
+
+    final = {"step": global_step, "wall_time": round(wall_time(), 3)} | last_eval
+    (run_dir / "done.json").write_text(json.dumps(final, indent=2) + "\n")
+    return TrainResult(run_dir, final)
+
+
+def resume(run_dir: str | Path, env_factory: Callable[[], gym.Env] | None = None) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (same config, same numbers)."""
+    config = dataclasses.replace(read_run_config(run_dir), run_dir=str(run_dir))
+    return train(config, env_factory=env_factory, resume=True)
