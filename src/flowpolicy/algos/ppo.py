@@ -183,7 +183,7 @@ class PPO:
         )
         self.policy.obs_norm.update(batch.obs)
         out["critic/explained_variance"] = onpolicy.explained_variance(flat_values, flat_returns)
-        out["policy/std"] = float(self.policy.log_std.exp().mean())
+        out["policy/std"] = float(self.policy.log_std.detach().exp().mean())
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         return out
 
