@@ -267,8 +267,10 @@ def write_markdown(
         "Final evaluation return (mean ± population std over seeds) after the full budget; "
         "zero sampling = deterministic actions (zero initial noise for flow policies, the mean "
         "for Gaussian policies), random sampling = sampled actions. Wall-clock includes "
-        "evaluation; env steps/s = final step / wall-clock. Each run used one torch thread; "
-        "the machine is shared, so timings are indicative.",
+        "evaluation; env steps/s = final step / wall-clock. Each run used one torch thread. "
+        "The machine may be shared: where a run recorded it, the per-seed table also gives the "
+        "training process's CPU time, and a wall-clock well above it means the run waited for "
+        "a core.",
         "",
         f"- Collected by: `{provenance['command']}`",
         *(f"- Runs launched by: `{c}`" for c in provenance["launch_commands"]),

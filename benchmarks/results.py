@@ -107,6 +107,8 @@ class RunResult:
     wall_time: float
     final_returns: dict[str, float]
     curve: Curve
+    cpu_time: float | None = None
+    """CPU seconds of the training process, if the run recorded ``process_time``."""
 
     @property
     def steps_per_second(self) -> float:
@@ -128,6 +130,7 @@ def load_run(run_dir: Path, env: str, method: str, seed: int) -> RunResult | Non
         wall_time=float(done["wall_time"]),
         final_returns={mode: float(done.get(return_key(mode), np.nan)) for mode in EVAL_MODES},
         curve=eval_curve(read_metrics(run_dir)),
+        cpu_time=float(done["process_time"]) if "process_time" in done else None,
     )
 
 
@@ -182,6 +185,7 @@ def summarize(runs: Sequence[RunResult]) -> Summary:
                 "final_step": r.final_step,
                 "wall_time": r.wall_time,
                 "steps_per_second": r.steps_per_second,
+                "cpu_time": r.cpu_time,
                 **{f"return_{mode}": r.final_returns[mode] for mode in EVAL_MODES},
                 "run_dir": str(r.run_dir),
             }
@@ -296,16 +300,22 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
 
 
 def markdown_seed_table(summaries: Sequence[Summary]) -> str:
-    """One markdown table with a row per (method, seed): the raw numbers behind the means."""
+    """One markdown table with a row per (method, seed): the raw numbers behind the means.
+
+    CPU time (of the training process) is shown where the run recorded it; on a shared machine
+    a wall-clock much larger than the CPU time means the run waited for a core.
+    """
     lines = [
-        "| method | seed | return, zero | return, random | wall-clock (s) | env steps/s |",
-        "|---|---|---|---|---|---|",
+        "| method | seed | return, zero | return, random | wall-clock (s) | CPU time (s) "
+        "| env steps/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         for r in s.per_seed:
+            cpu = "n/a" if r.get("cpu_time") is None else f"{r['cpu_time']:,.0f}"
             lines.append(
                 f"| {s.method} | {r['seed']} | {r['return_zero']:.1f} | {r['return_random']:.1f} "
-                f"| {r['wall_time']:,.0f} | {r['steps_per_second']:,.0f} |"
+                f"| {r['wall_time']:,.0f} | {cpu} | {r['steps_per_second']:,.0f} |"
             )
     return "\n".join(lines)
 

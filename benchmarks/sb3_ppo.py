@@ -10,7 +10,8 @@ scripts read both the same way:
   that finished in that iteration, absent if none did) and ``charts/sps``;
 - TensorBoard events (SB3's own ``train/`` scalars plus the evaluations);
 - ``checkpoint.zip``: the final model in SB3's format (``PPO.load``);
-- ``done.json``: step, wall_time and the final evaluation, written last.
+- ``done.json``: step, wall_time, process_time (CPU seconds) and the final evaluation,
+  written last.
 
 ``wall_time`` counts everything since the run began; ``charts/sps`` leaves evaluation time out.
 The run stops at exactly ``total_steps`` env steps (a final partial rollout is not trained on).
@@ -228,7 +229,12 @@ def main(args: Args) -> None:
     final = callback.run_eval()
     writer.close()
     model.save(args.run_dir / "checkpoint.zip")
-    done = {"step": model.num_timesteps, "wall_time": time.perf_counter() - start_time}
+    done = {
+        "step": model.num_timesteps,
+        "wall_time": time.perf_counter() - start_time,
+        # CPU seconds of this process: tells how much of wall_time a shared machine took away.
+        "process_time": time.process_time(),
+    }
     done.update(final)
     (args.run_dir / "done.json").write_text(json.dumps(done, indent=2) + "\n")
     print(f"done: {done['step']:,} steps in {done['wall_time']:.0f} s -> {args.run_dir}")

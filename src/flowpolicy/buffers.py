@@ -75,8 +75,13 @@ class RolloutBuffer:
         if self.step != self.num_steps:
             raise RuntimeError(f"rollout has {self.step} of {self.num_steps} steps")
         return RolloutBatch(
-            self.obs, self.next_obs, self.rewards, self.terminated, self.dones,
-            dict(self.records), progress,
+            self.obs,
+            self.next_obs,
+            self.rewards,
+            self.terminated,
+            self.dones,
+            dict(self.records),
+            progress,
         )
 
     def reset(self) -> None:

@@ -11,7 +11,7 @@ paragraph saying what was wrong and what to do, and exit with code 2.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import tyro
@@ -59,8 +59,7 @@ def parse_train(args: list[str]):
         rest = rest[:at] + rest[at + 2 :]
     if preset not in PRESETS[algo]:
         raise UserError(
-            f"Unknown preset {preset!r} for {algo}. Presets for {algo}: "
-            f"{', '.join(PRESETS[algo])}."
+            f"Unknown preset {preset!r} for {algo}. Presets for {algo}: {', '.join(PRESETS[algo])}."
         )
     default = TrainConfig(algo=default_algo_config(algo, preset))
     try:
@@ -89,23 +88,18 @@ class EvalArgs:
 
 
 def run_eval(args: list[str]) -> int:
-    from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from flowpolicy.envs import make_vector_env
     from flowpolicy.evaluation import MODES, evaluate
-    from flowpolicy.train import build_algorithm, read_run_config
+    from flowpolicy.train import load_algorithm
 
     options = tyro.cli(EvalArgs, args=args, config=TYRO_CONFIG, prog="flowpolicy eval")
     if options.episodes <= 0:
         raise UserError(f"--episodes must be positive, got {options.episodes}.")
-    config = read_run_config(options.run_dir)
-    checkpoint = load_checkpoint(f"{options.run_dir}/{CHECKPOINT_NAME}")
-    envs = make_vector_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
-    algo = build_algorithm(config, envs)
-    envs.close()
-    algo.load_state_dict(checkpoint["algo"])
+    config, algo, checkpoint = load_algorithm(options.run_dir)
     seed = config.seed + 10_000 if options.seed is None else options.seed
     step = checkpoint["loop"]["global_step"]
-    print(f"{config.algo_name} on {config.env}, checkpoint at step {step:,}, {options.episodes} episodes")
+    print(
+        f"{config.algo_name} on {config.env}, checkpoint at step {step:,}, {options.episodes} episodes"
+    )
     for mode in MODES:
         returns = evaluate(
             algo.eval_policy, config.env, options.episodes, seed, config.algo.chunk_exec, mode
@@ -124,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         command, args = argv[0], argv[1:]
         if command == "train":
-            from flowpolicy.train import resume, train
+            from flowpolicy.train import default_run_dir, resume, train
 
             if args and args[0] == "--resume":
                 if len(args) != 2:
@@ -133,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = resume(run_dir)
             else:
                 config = parse_train(args)
+                if config.run_dir is None:
+                    config = replace(config, run_dir=str(default_run_dir(config)))
                 run_dir = config.run_dir
                 result = train(config)
             print(f"done: {result.run_dir}")

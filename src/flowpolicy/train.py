@@ -137,7 +137,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -244,7 +248,11 @@ def train(
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
         algo.load_state_dict(checkpoint["algo"])
         loop = checkpoint["loop"]
-        global_step, iteration, wall_offset = loop["global_step"], loop["iteration"], loop["wall_time"]
+        global_step, iteration, wall_offset = (
+            loop["global_step"],
+            loop["iteration"],
+            loop["wall_time"],
+        )
         obs_array = loop["obs"]
         stats.returns, stats.lengths = loop["episode_returns"], loop["episode_lengths"]
         set_vector_env_state(envs, loop["env_state"])
@@ -291,7 +299,9 @@ def train(
     else:
         logger.print(f"[bold]flowpolicy[/] resuming {run_dir} at step {global_step:,}")
         last_eval = {}
-    next_eval = (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
+    next_eval = (
+        (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
+    )
 
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape[0])
     last_return = float("nan")
@@ -351,6 +361,25 @@ def train(
     final = {"step": global_step, "wall_time": round(wall_time(), 3)} | last_eval
     (run_dir / "done.json").write_text(json.dumps(final, indent=2) + "\n")
     return TrainResult(run_dir, final)
+
+
+def load_algorithm(run_dir: str | Path) -> tuple[TrainConfig, PPO | FPO, dict[str, Any]]:
+    """Rebuild a run's algorithm from its last checkpoint: (config, algorithm, checkpoint)."""
+    config = read_run_config(run_dir)
+    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    envs = make_vector_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
+    try:
+        algo = build_algorithm(config, envs)
+    finally:
+        envs.close()
+    algo.load_state_dict(checkpoint["algo"])
+    return config, algo, checkpoint
+
+
+def load_policy(run_dir: str | Path) -> torch.nn.Module:
+    """The policy a run evaluates (EMA weights where the algorithm keeps them), ready to
+    ``act(obs, mode)``."""
+    return load_algorithm(run_dir)[1].eval_policy
 
 
 def resume(run_dir: str | Path, env_factory: Callable[[], gym.Env] | None = None) -> TrainResult:

@@ -342,7 +342,9 @@ class FPO:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """Several epochs of minibatch FPO on one rollout; returns mean metrics."""
         cfg = self.config
-        rewards = self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        rewards = (
+            self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        )
         obs_norm = self.policy.obs_norm
         values, advantages, returns = onpolicy.advantages_and_returns(
             batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
@@ -379,9 +381,15 @@ class FPO:
                 self.optimizer, loss, self.parameters, cfg.max_grad_norm
             )
             self._update_ema()
-            return metrics | {"loss/policy": pg_loss, "loss/value": v_loss, "loss/grad_norm": grad_norm}
+            return metrics | {
+                "loss/policy": pg_loss,
+                "loss/value": v_loss,
+                "loss/grad_norm": grad_norm,
+            }
 
-        out = onpolicy.run_epochs(cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step)
+        out = onpolicy.run_epochs(
+            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
+        )
         obs_norm.update(batch.obs)
         if self.ema_policy is not None:
             self.ema_policy.obs_norm.load_state_dict(obs_norm.state_dict())
@@ -419,4 +427,3 @@ class FPO:
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer_steps = state["optimizer_steps"]
-

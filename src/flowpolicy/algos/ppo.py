@@ -146,7 +146,9 @@ class PPO:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """Several epochs of minibatch PPO on one rollout; returns mean metrics."""
         cfg = self.config
-        rewards = self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        rewards = (
+            self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        )
         obs_norm = self.policy.obs_norm
         values, advantages, returns = onpolicy.advantages_and_returns(
             batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
@@ -176,7 +178,11 @@ class PPO:
             grad_norm = onpolicy.optimizer_step(
                 self.optimizer, loss, self.parameters, cfg.max_grad_norm
             )
-            return metrics | {"loss/policy": pg_loss, "loss/value": v_loss, "loss/grad_norm": grad_norm}
+            return metrics | {
+                "loss/policy": pg_loss,
+                "loss/value": v_loss,
+                "loss/grad_norm": grad_norm,
+            }
 
         out = onpolicy.run_epochs(
             cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step

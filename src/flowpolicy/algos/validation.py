@@ -13,10 +13,11 @@ def require_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if value is not None and not value > 0:
+            default = getattr(type(config), name, None)
+            example = default if default is not None else "a positive number"
             raise ValueError(
                 f"{type(config).__name__}.{name} must be positive, got {value!r}. "
-                f"Pass a value > 0 (e.g. --{name.replace('_', '-')} "
-                f"{getattr(type(config), name, 'VALUE')})."
+                f"Pass a value > 0 (e.g. --{name.replace('_', '-')} {example})."
             )
 
 

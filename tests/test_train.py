@@ -1,0 +1,171 @@
+"""The training loop through the Python API: smoke runs, run directories, exact resume,
+NaN handling, and the errors a user can make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import flowpolicy.train as train_module
+from flowpolicy.algos.fpo import FPO, FPOConfig, fpo_plus_plus
+from flowpolicy.algos.ppo import PPOConfig
+from flowpolicy.checkpoint import load_checkpoint
+from flowpolicy.envs import NavEnv
+from flowpolicy.errors import UserError
+from flowpolicy.train import TrainConfig, read_run_config, resume, train
+
+SMALL = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2)
+SMALL_FPO = SMALL | dict(flow_steps=4, mc_samples=2)
+TIMING = {"wall_time", "charts/sps"}
+
+
+def small_config(
+    tmp_path: Path, algo, env: str = "toy/nav", steps: int = 256, **run
+) -> TrainConfig:
+    options = dict(
+        algo=algo,
+        env=env,
+        seed=3,
+        total_steps=steps,
+        eval_every=128,
+        eval_episodes=2,
+        checkpoint_every=1,
+        tensorboard=False,
+        quiet=True,
+        run_dir=str(tmp_path / "run"),
+    )
+    return TrainConfig(**(options | run))
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing columns, which legitimately differ between runs."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [PPOConfig(**SMALL), FPOConfig(**SMALL_FPO), fpo_plus_plus(**SMALL_FPO)],
+    ids=["ppo", "fpo", "fpo++"],
+)
+def test_every_algorithm_trains_through_the_api(tmp_path, algo):
+    result = train(small_config(tmp_path, algo, env="Hopper-v5", steps=128))
+    run_dir = result.run_dir
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "done.json"):
+        assert (run_dir / name).is_file(), name
+    assert result.metrics["step"] == 128
+    assert {"eval/zero/return_mean", "eval/random/return_mean"} <= result.metrics.keys()
+    assert read_run_config(run_dir) == small_config(tmp_path, algo, env="Hopper-v5", steps=128)
+    train_rows = [row for row in metric_rows(run_dir) if "loss/policy" in row]
+    assert train_rows and all(row["loss/policy"] is not None for row in train_rows)
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    train(small_config(tmp_path, PPOConfig(**SMALL), steps=64, tensorboard=True))
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_chunked_flow_policy_runs(tmp_path):
+    algo = FPOConfig(**SMALL_FPO, chunk=3, chunk_exec=2)
+    result = train(small_config(tmp_path, algo, steps=128))
+    assert result.metrics["step"] == 128  # 4 envs x 16 steps x 2 executed actions
+
+
+def test_env_factory_through_the_api(tmp_path):
+    config = small_config(tmp_path, PPOConfig(**SMALL), env="ignored", steps=64)
+    result = train(config, env_factory=lambda: NavEnv(max_episode_steps=10))
+    assert result.metrics["step"] == 64
+
+
+def test_same_seed_same_numbers(tmp_path):
+    algo = FPOConfig(**SMALL_FPO)
+    first = train(small_config(tmp_path / "a", algo)).run_dir
+    second = train(small_config(tmp_path / "b", algo)).run_dir
+    assert metric_rows(first) == metric_rows(second)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "algo,env",
+    [(FPOConfig(**SMALL_FPO), "toy/nav"), (PPOConfig(**SMALL), "Hopper-v5")],
+    ids=["fpo-nav", "ppo-hopper"],
+)
+def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypatch, algo, env):
+    reference = train(small_config(tmp_path / "reference", algo, env=env, steps=512)).run_dir
+
+    # Crash in the middle of the 5th update: iterations 1-4 are checkpointed, the 5th is lost.
+    original_update = train_module.ALGORITHMS[type(algo)][1].update
+    calls = {"n": 0}
+
+    def crashing_update(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Interrupted
+        return original_update(self, batch)
+
+    algo_class = train_module.ALGORITHMS[type(algo)][1]
+    monkeypatch.setattr(algo_class, "update", crashing_update)
+    config = small_config(tmp_path / "crashed", algo, env=env, steps=512)
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.setattr(algo_class, "update", original_update)
+    assert load_checkpoint(Path(config.run_dir) / "checkpoint.pt")["loop"]["iteration"] == 4
+
+    resumed = resume(config.run_dir).run_dir
+    assert metric_rows(resumed) == metric_rows(reference)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = FPO.policy_loss
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        loss, metrics = original(self, *args)
+        return (loss * float("nan") if calls["n"] > 8 else loss), metrics
+
+    monkeypatch.setattr(FPO, "policy_loss", poisoned)
+    config = small_config(tmp_path, FPOConfig(**SMALL_FPO))
+    with pytest.raises(UserError, match="NaN|nan") as error:
+        train(config)
+    assert "checkpoint" in str(error.value) and "--resume" in str(error.value)
+    checkpoint = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")
+    assert checkpoint["loop"]["iteration"] == 2  # 4 minibatch steps per update: 2 good updates
+    for tensor in checkpoint["algo"]["policy"].values():
+        assert torch.isfinite(tensor).all()
+
+
+def test_refuses_to_overwrite_an_existing_run(tmp_path):
+    config = small_config(tmp_path, PPOConfig(**SMALL), steps=64)
+    train(config)
+    with pytest.raises(UserError, match="--resume"):
+        train(config)
+
+
+def test_unreadable_run_directory(tmp_path):
+    with pytest.raises(UserError, match="not a flowpolicy run directory"):
+        resume(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="could not be read"):
+        resume(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: PPOConfig(learning_rate=0.0), "learning_rate must be positive"),
+        (lambda: FPOConfig(clip_coef=-0.1), "clip_coef must be positive"),
+        (lambda: FPOConfig(flow_steps=0), "flow_steps must be positive"),
+        (lambda: PPOConfig(num_envs=3, num_steps=10, num_minibatches=4), "does not split"),
+        (lambda: TrainConfig(total_steps=0), "total_steps must be positive"),
+    ],
+)
+def test_invalid_hyper_parameters(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
