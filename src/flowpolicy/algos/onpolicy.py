@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -139,3 +141,73 @@ def run_epochs(
                 sums[name] = sums.get(name, 0.0) + float(value)
     steps = update_epochs * num_minibatches
     return {name: total / steps for name, total in sums.items()}
+
+
+@dataclass
+class PreparedBatch:
+    """A rollout flattened to (T*N, ...) with its advantages, ready for minibatching.
+
+    Attributes:
+        obs: (T*N, Do) normalised observations.
+        records: the algorithm's records, each (T*N, ...).
+        advantages, returns, values: (T*N,).
+    """
+
+    obs: Tensor
+    records: dict[str, Tensor]
+    advantages: Tensor
+    returns: Tensor
+    values: Tensor
+
+
+def prepare_batch(
+    batch: RolloutBatch,
+    critic: ValueNet,
+    obs_norm: RunningNorm,
+    reward_scaler: ReturnScaler | None,
+    optimizer: torch.optim.Optimizer,
+    config: Any,
+) -> PreparedBatch:
+    """Scale rewards, run GAE, set the (annealed) learning rate, and flatten the batch."""
+    rewards = batch.rewards if reward_scaler is None else reward_scaler(batch.rewards, batch.dones)
+    values, advantages, returns = advantages_and_returns(
+        batch, critic, obs_norm, rewards, config.gamma, config.gae_lambda
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = annealed_lr(config.learning_rate, batch.progress, config.anneal_lr)
+    return PreparedBatch(
+        obs=obs_norm(batch.obs).flatten(0, 1),
+        records={name: value.flatten(0, 1) for name, value in batch.records.items()},
+        advantages=advantages.flatten(),
+        returns=returns.flatten(),
+        values=values.flatten(),
+    )
+
+
+def critic_loss_and_step(
+    prepared: PreparedBatch,
+    idx: Tensor,
+    policy_loss: Tensor,
+    metrics: dict[str, Tensor | float],
+    critic: ValueNet,
+    optimizer: torch.optim.Optimizer,
+    parameters: Sequence[nn.Parameter],
+    config: Any,
+) -> dict[str, Tensor | float]:
+    """Add the value loss to a minibatch's policy loss, take the guarded optimiser step, and
+    return the minibatch's metrics."""
+    v_loss = value_loss(
+        critic(prepared.obs[idx]),
+        prepared.values[idx],
+        prepared.returns[idx],
+        config.clip_coef if config.clip_vloss else None,
+    )
+    loss = policy_loss + config.vf_coef * v_loss
+    grad_norm = optimizer_step(optimizer, loss, parameters, config.max_grad_norm)
+    return metrics | {"loss/policy": policy_loss, "loss/value": v_loss, "loss/grad_norm": grad_norm}
+
+
+def minibatch_advantages(prepared: PreparedBatch, idx: Tensor, normalize: bool) -> Tensor:
+    """The minibatch's advantages, standardised if asked (CleanRL's per-minibatch norm_adv)."""
+    adv = prepared.advantages[idx]
+    return normalize_advantages(adv) if normalize else adv

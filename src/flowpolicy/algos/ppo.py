@@ -146,49 +146,28 @@ class PPO:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """Several epochs of minibatch PPO on one rollout; returns mean metrics."""
         cfg = self.config
-        rewards = (
-            self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        reward_scaler = self.reward_scaler if cfg.scale_rewards else None
+        prepared = onpolicy.prepare_batch(
+            batch, self.critic, self.policy.obs_norm, reward_scaler, self.optimizer, cfg
         )
-        obs_norm = self.policy.obs_norm
-        values, advantages, returns = onpolicy.advantages_and_returns(
-            batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
-        )
-        for group in self.optimizer.param_groups:
-            group["lr"] = onpolicy.annealed_lr(cfg.learning_rate, batch.progress, cfg.anneal_lr)
-
-        flat_obs = obs_norm(batch.obs).flatten(0, 1)  # (T*N, Do)
-        flat_action = batch.records["action"].flatten(0, 1)  # (T*N, Da)
-        flat_log_prob = batch.records["log_prob"].flatten(0, 1)
-        flat_adv, flat_returns, flat_values = (x.flatten() for x in (advantages, returns, values))
+        records = prepared.records
 
         def minibatch_step(idx: Tensor) -> dict[str, Tensor | float]:
-            adv = flat_adv[idx]
-            if cfg.norm_adv:
-                adv = onpolicy.normalize_advantages(adv)
+            adv = onpolicy.minibatch_advantages(prepared, idx, cfg.norm_adv)
             pg_loss, metrics = self.policy_loss(
-                flat_obs[idx], flat_action[idx], flat_log_prob[idx], adv
+                prepared.obs[idx], records["action"][idx], records["log_prob"][idx], adv
             )
-            v_loss = onpolicy.value_loss(
-                self.critic(flat_obs[idx]),
-                flat_values[idx],
-                flat_returns[idx],
-                cfg.clip_coef if cfg.clip_vloss else None,
+            return onpolicy.critic_loss_and_step(
+                prepared, idx, pg_loss, metrics, self.critic, self.optimizer, self.parameters, cfg
             )
-            loss = pg_loss + cfg.vf_coef * v_loss
-            grad_norm = onpolicy.optimizer_step(
-                self.optimizer, loss, self.parameters, cfg.max_grad_norm
-            )
-            return metrics | {
-                "loss/policy": pg_loss,
-                "loss/value": v_loss,
-                "loss/grad_norm": grad_norm,
-            }
 
         out = onpolicy.run_epochs(
             cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
         )
         self.policy.obs_norm.update(batch.obs)
-        out["critic/explained_variance"] = onpolicy.explained_variance(flat_values, flat_returns)
+        out["critic/explained_variance"] = onpolicy.explained_variance(
+            prepared.values, prepared.returns
+        )
         out["policy/std"] = float(self.policy.log_std.detach().exp().mean())
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         return out
