@@ -181,6 +181,10 @@ def launch(run: Run, nice: int) -> tuple[Run, int, float]:
     """Run one training subprocess to completion, its output into ``run_dir/train.log``."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     command = run.command()
+    if run.method != "sb3-ppo" and (run.run_dir / "checkpoint.pt").exists():
+        # An interrupted flowpolicy run continues from its checkpoint (same numbers as if it
+        # had never stopped) instead of being refused as an existing run.
+        command = [sys.executable, "-m", "flowpolicy", "train", "--resume", str(run.run_dir)]
     if nice:
         command = ["nice", "-n", str(nice), *command]
     launch_info = {
