@@ -70,7 +70,7 @@ class Logger:
                     self.writer.add_scalar(name, value, step)
 
     def print(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(message, soft_wrap=True)
 
     def close(self) -> None:
         self.file.close()
