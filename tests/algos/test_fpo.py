@@ -18,6 +18,7 @@ from flowpolicy.algos.fpo import (
     trust_region_objective,
 )
 from flowpolicy.buffers import RolloutBatch, RolloutBuffer
+from tests.algos.rollouts import random_rollout
 
 OBS_DIM = 3
 LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
@@ -52,23 +53,8 @@ CONFIGS = {
 }
 
 
-def _rollout(algo: FPO, seed: int = 0) -> RolloutBatch:
-    """Random observations and rewards, records from ``algo.act``; one done per env."""
-    cfg = algo.config
-    generator = torch.Generator().manual_seed(seed)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, OBS_DIM)
-    for t in range(cfg.num_steps):
-        obs = 2.0 + 3.0 * torch.randn(cfg.num_envs, OBS_DIM, generator=generator)
-        _, record = algo.act(obs)
-        buffer.add(
-            obs,
-            record,
-            torch.randn(cfg.num_envs, generator=generator),
-            obs + torch.randn(cfg.num_envs, OBS_DIM, generator=generator),
-            torch.tensor([float(t == 3), 0.0]),
-            torch.tensor([float(t == 3), float(t == 5)]),
-        )
-    return buffer.batch()
+def _rollout(algo, seed: int = 0) -> RolloutBatch:
+    return random_rollout(algo, OBS_DIM, seed)
 
 
 def _make(name: str, **kw) -> FPO:
