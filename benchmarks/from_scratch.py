@@ -69,7 +69,7 @@ class Budget:
 DEFAULT_BUDGETS: dict[str, Budget] = {
     "Hopper-v5": Budget(total_steps=1_000_000, eval_every=50_000, eval_episodes=10),
     "dmc/cartpole-balance": Budget(total_steps=500_000, eval_every=25_000, eval_episodes=5),
-    "dmc/cheetah-run": Budget(total_steps=1_000_000, eval_every=50_000, eval_episodes=5),
+    "dmc/cheetah-run": Budget(total_steps=500_000, eval_every=25_000, eval_episodes=5),
 }
 
 

@@ -169,3 +169,16 @@ def test_unreadable_run_directory(tmp_path):
 def test_invalid_hyper_parameters(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_stop_at_return_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp_path):
+    # toy/nav returns are negative distances, so -inf-ish targets are met at once and a
+    # target above the best possible return (0) never is.
+    reached = train(small_config(tmp_path, PPOConfig(**SMALL), stop_at_return=-1e9, steps=512))
+    assert reached.metrics["step"] == 0
+    assert reached.metrics["stopped_at_return"] == -1e9
+    not_reached = train(
+        small_config(tmp_path, PPOConfig(**SMALL), stop_at_return=1.0, run_dir=str(tmp_path / "b"))
+    )
+    assert not_reached.metrics["step"] == 256
+    assert "stopped_at_return" not in not_reached.metrics

@@ -65,6 +65,9 @@ class TrainConfig:
     """write TensorBoard events."""
     quiet: bool = False
     """no console output."""
+    stop_at_return: float | None = None
+    """end the run early at the first evaluation whose zero-sampling mean return reaches this
+    (e.g. to stop an expert at a "medium" level); None trains for total_steps."""
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "eval_episodes", "checkpoint_every", "torch_threads"):
@@ -305,8 +308,13 @@ def train(
 
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape[0])
     last_return = float("nan")
+
+    def target_reached() -> bool:
+        target = config.stop_at_return
+        return target is not None and last_eval.get("eval/zero/return_mean", -np.inf) >= target
+
     try:
-        while global_step < config.total_steps:
+        while global_step < config.total_steps and not target_reached():
             iteration_start = time.perf_counter()
             progress = global_step / config.total_steps
             buffer.reset()
@@ -339,6 +347,7 @@ def train(
                 last_eval = evaluate()
                 while next_eval is not None and next_eval <= global_step:
                     next_eval += config.eval_every
+            finished = finished or target_reached()
             if finished or iteration % config.checkpoint_every == 0:
                 checkpoint()
             logger.print(
@@ -359,6 +368,8 @@ def train(
         logger.close()
 
     final = {"step": global_step, "wall_time": round(wall_time(), 3)} | last_eval
+    if target_reached():
+        final["stopped_at_return"] = config.stop_at_return
     (run_dir / "done.json").write_text(json.dumps(final, indent=2) + "\n")
     return TrainResult(run_dir, final)
 
