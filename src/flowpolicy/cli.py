@@ -3,6 +3,9 @@
     flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo; --help lists options)
     flowpolicy train --resume RUN_DIR                 continue a stopped run from its checkpoint
     flowpolicy eval RUN_DIR [--episodes N]            evaluate a run in zero and random sampling
+    flowpolicy collect --env ENV --out DIR [options]  train a medium expert and record a dataset
+    flowpolicy pretrain --dataset PATH [options]      behaviour-clone a flow/diffusion/Gaussian
+    flowpolicy pretrain --resume RUN_DIR              continue a stopped pretraining run
 
 Mistakes in the input (unknown env, bad hyper-parameter, unreadable run directory) print one
 paragraph saying what was wrong and what to do, and exit with code 2.
@@ -108,6 +111,74 @@ def run_eval(args: list[str]) -> int:
     return 0
 
 
+def run_collect(args: list[str]) -> int:
+    """``flowpolicy collect``: options are CollectConfig's fields (docs/collect.md)."""
+    import shlex
+
+    from flowpolicy.collect import CollectConfig, collect
+
+    try:
+        config = tyro.cli(
+            CollectConfig,
+            args=args,
+            config=TYRO_CONFIG,
+            prog="flowpolicy collect",
+            description=(
+                "Train a Gaussian PPO expert until its evaluation return reaches a medium-level "
+                "target (or load --policy), then record a demonstration dataset with it."
+            ),
+        )
+    except ValueError as error:  # raised by CollectConfig's and PPOConfig's __post_init__
+        raise UserError(f"Invalid collect option: {error}") from error
+    # The reproducing command, however the script was launched (console script, python -m).
+    command = shlex.join(["flowpolicy", "collect", *args])
+    try:
+        collect(config, command=command)
+    except KeyboardInterrupt:
+        stderr.print(
+            "interrupted; run the same command again to continue (the expert resumes from its "
+            f"last checkpoint): {command}"
+        )
+        return 130
+    return 0
+
+
+def run_pretrain(args: list[str]) -> int:
+    """``flowpolicy pretrain``: options are PretrainConfig's and BCConfig's fields
+    (docs/pretrain.md); ``--resume RUN_DIR`` continues a run."""
+    from flowpolicy import pretrain
+
+    if args and args[0] == "--resume":
+        if len(args) != 2:
+            raise UserError("usage: flowpolicy pretrain --resume RUN_DIR")
+        run_dir = args[1]
+        result = pretrain.resume(run_dir)
+    else:
+        try:
+            config = tyro.cli(
+                pretrain.PretrainConfig,
+                args=args,
+                config=TYRO_CONFIG,
+                prog="flowpolicy pretrain",
+                description="Behaviour-clone a policy on a dataset (DPPO/ReinFlow defaults).",
+            )
+        except ValueError as error:  # raised by the configs' __post_init__ checks
+            raise UserError(f"Invalid pretrain option: {error}") from error
+        if config.run_dir is None:
+            config = replace(config, run_dir=str(pretrain.default_run_dir(config)))
+        run_dir = config.run_dir
+        try:
+            result = pretrain.pretrain(config)
+        except KeyboardInterrupt:
+            stderr.print(
+                "interrupted; the last checkpoint is kept: resume with "
+                f"`flowpolicy pretrain --resume {run_dir}`"
+            )
+            return 130
+    print(f"done: {result.run_dir} (policy: {result.run_dir / 'policy.pt'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flowpolicy`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -135,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "eval":
             return run_eval(args)
+        if command == "collect":
+            return run_collect(args)
+        if command == "pretrain":
+            return run_pretrain(args)
         raise UserError(f"Unknown command {command!r}.\n{USAGE}")
     except UserError as error:
         stderr.print(f"[bold red]error:[/] {error}")

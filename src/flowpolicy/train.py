@@ -23,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from flowpolicy.algos.fpo import FPO, FPOConfig
 from flowpolicy.algos.ppo import PPO, PPOConfig
@@ -33,10 +34,22 @@ from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import evaluate_modes
 from flowpolicy.logging import Logger
+from flowpolicy.policies import FlowPolicy, GaussianPolicy
+from flowpolicy.policy_io import load_policy_from, save_policy
 
 AlgoConfig = PPOConfig | FPOConfig
-ALGORITHMS: dict[type, tuple[str, type]] = {PPOConfig: ("ppo", PPO), FPOConfig: ("fpo", FPO)}
+ALGORITHMS: dict[type, tuple[str, type]] = {
+    PPOConfig: ("ppo", PPO),
+    FPOConfig: ("fpo", FPO),
+}
 CONFIG_CLASSES: dict[str, type] = {name: cfg for cfg, (name, _) in ALGORITHMS.items()}
+Algorithm = PPO | FPO
+POLICY_CLASSES: dict[type, type[nn.Module]] = {
+    PPOConfig: GaussianPolicy,
+    FPOConfig: FlowPolicy,
+}
+"""The policy class each algorithm fine-tunes (``--init``)."""
+INIT_POLICY_NAME = "init_policy.pt"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,11 @@ class TrainConfig:
     """write TensorBoard events."""
     quiet: bool = False
     """no console output."""
+    init: str | None = None
+    """fine-tune this pretrained policy instead of starting from scratch: a policy file
+    (policy.pt from `flowpolicy pretrain`), a pretrain run directory, or a `flowpolicy train` run
+    directory. Its network, normalisers, chunk, chunk_exec and flow_steps are used (they replace
+    the config's); a copy is kept in the run directory as init_policy.pt."""
     stop_at_return: float | None = None
     """end the run early at the first evaluation whose zero-sampling mean return reaches this
     (e.g. to stop an expert at a "medium" level); None trains for total_steps."""
@@ -159,14 +177,73 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.algo_name}-{env}-s{config.seed}-{stamp}"
 
 
-def build_algorithm(config: TrainConfig, envs: gym.vector.VectorEnv) -> PPO | FPO:
-    """Instantiate the algorithm for the envs' observation and (per-step) action spaces."""
+def build_algorithm(
+    config: TrainConfig, envs: gym.vector.VectorEnv, policy: nn.Module | None = None
+) -> Algorithm:
+    """Instantiate the algorithm for the envs' observation and (per-step) action spaces,
+    starting from ``policy`` when fine-tuning."""
     obs_dim, flat_action_dim = env_dims(envs)
     action_dim = flat_action_dim // config.algo.chunk_exec
     space = envs.single_action_space
     low = torch.as_tensor(space.low[:action_dim], dtype=torch.float32)
     high = torch.as_tensor(space.high[:action_dim], dtype=torch.float32)
-    return ALGORITHMS[type(config.algo)][1](obs_dim, low, high, config.algo)
+    if policy is not None:
+        check_policy_fits_env(policy, obs_dim, low, high, config)
+    return ALGORITHMS[type(config.algo)][1](obs_dim, low, high, config.algo, policy=policy)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def load_init_policy(config: TrainConfig, run_dir: Path, resume: bool) -> nn.Module | None:
+    """The pretrained policy a fine-tuning run starts from (None when training from scratch).
+
+    A resumed run reads its own copy (``init_policy.pt``), so it never depends on the
+    original file still being there.
+    """
+    if config.init is None:
+        return None
+    source = run_dir / INIT_POLICY_NAME if resume else Path(config.init)
+    policy = load_policy_from(source)
+    expected = POLICY_CLASSES[type(config.algo)]
+    if not isinstance(policy, expected):
+        raise UserError(
+            f"{config.algo_name} fine-tunes a {expected.__name__}, but {config.init} holds a "
+            f"{type(policy).__name__}. Pretrain a {expected.__name__} (`flowpolicy pretrain "
+            "--policy ...`) or pick an algorithm for this policy class."
+        )
+    return policy
+
+
+def with_policy_settings(config: TrainConfig, policy: nn.Module | None) -> TrainConfig:
+    """The config with the pretrained policy's chunking and flow steps, which it must use."""
+    if policy is None:
+        return config
+    fields = {f.name for f in dataclasses.fields(config.algo)}
+    settings = {
+        name: getattr(policy, name)
+        for name in ("chunk", "chunk_exec", "flow_steps")
+        if name in fields and hasattr(policy, name)
+    }
+    return dataclasses.replace(config, algo=dataclasses.replace(config.algo, **settings))
+
+
+def check_policy_fits_env(
+    policy: nn.Module, obs_dim: int, low: torch.Tensor, high: torch.Tensor, config: TrainConfig
+) -> None:
+    """A pretrained policy must have the env's observation size, action size and bounds."""
+    problems = []
+    if policy.obs_dim != obs_dim:
+        problems.append(f"observation size {policy.obs_dim} vs the env's {obs_dim}")
+    if policy.action_dim != len(low):
+        problems.append(f"action size {policy.action_dim} vs the env's {len(low)}")
+    elif not (torch.allclose(policy.action_low, low) and torch.allclose(policy.action_high, high)):
+        problems.append("different action bounds")
+    if problems:
+        raise UserError(
+            f"The policy {config.init} does not fit {config.env}: {'; '.join(problems)}. "
+            "Fine-tune it on the env it was pretrained for, or pretrain one for this env."
+        )
 
 
 class EpisodeStats:
@@ -236,11 +313,13 @@ def train(
             f"{run_dir}`, or pass another --run-dir."
         )
     torch.set_num_threads(config.torch_threads)
+    init_policy = load_init_policy(config, run_dir, resume)
+    config = with_policy_settings(config, init_policy)
     seed_everything(config.seed)
     env_spec = env_factory if env_factory is not None else config.env
     cfg = config.algo
     envs = make_vector_env(env_spec, cfg.num_envs, seed=config.seed, chunk_exec=cfg.chunk_exec)
-    algo = build_algorithm(config, envs)
+    algo = build_algorithm(config, envs, init_policy)
     obs_array, _ = envs.reset(seed=config.seed)
     steps_per_iteration = cfg.num_envs * cfg.num_steps * cfg.chunk_exec
     stats = EpisodeStats(cfg.num_envs)
@@ -248,9 +327,9 @@ def train(
     keep_lines = resume_step = None
 
     if resume:
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        algo.load_state_dict(checkpoint["algo"])
-        loop = checkpoint["loop"]
+        checkpoint_state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        algo.load_state_dict(checkpoint_state["algo"])
+        loop = checkpoint_state["loop"]
         global_step, iteration, wall_offset = (
             loop["global_step"],
             loop["iteration"],
@@ -264,6 +343,8 @@ def train(
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+        if init_policy is not None:
+            save_policy(run_dir / INIT_POLICY_NAME, init_policy, {"source": str(config.init)})
 
     logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet)
     start = time.perf_counter()
@@ -289,6 +370,7 @@ def train(
             "env_state": get_vector_env_state(envs),
             "rng": rng_state(),
             "metrics_lines": logger.lines,
+            "last_eval": last_eval,
         }
         save_checkpoint(
             run_dir / CHECKPOINT_NAME,
@@ -301,7 +383,9 @@ def train(
         checkpoint()
     else:
         logger.print(f"[bold]flowpolicy[/] resuming {run_dir} at step {global_step:,}")
-        last_eval = {}
+        # The last evaluation travels with the checkpoint so that a stop_at_return reached just
+        # before a crash still ends the resumed run, and done.json reports it.
+        last_eval = checkpoint_state["loop"].get("last_eval", {})
     next_eval = (
         (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
     )
@@ -374,13 +458,14 @@ def train(
     return TrainResult(run_dir, final)
 
 
-def load_algorithm(run_dir: str | Path) -> tuple[TrainConfig, PPO | FPO, dict[str, Any]]:
+def load_algorithm(run_dir: str | Path) -> tuple[TrainConfig, Algorithm, dict[str, Any]]:
     """Rebuild a run's algorithm from its last checkpoint: (config, algorithm, checkpoint)."""
     config = read_run_config(run_dir)
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    init_policy = load_init_policy(config, Path(run_dir), resume=True)
     envs = make_vector_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
     try:
-        algo = build_algorithm(config, envs)
+        algo = build_algorithm(config, envs, init_policy)
     finally:
         envs.close()
     algo.load_state_dict(checkpoint["algo"])

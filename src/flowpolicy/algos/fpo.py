@@ -222,10 +222,35 @@ class FPO:
     """FPO / FPO++ on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per batch."""
 
     def __init__(
-        self, obs_dim: int, action_low: Tensor, action_high: Tensor, config: FPOConfig
+        self,
+        obs_dim: int,
+        action_low: Tensor,
+        action_high: Tensor,
+        config: FPOConfig,
+        policy: FlowPolicy | None = None,
     ) -> None:
+        """``policy``: a pretrained flow policy to fine-tune (copied; its chunking and flow
+        steps must match the config's); None builds a new one from the config."""
         self.config = config
-        self.policy = FlowPolicy(
+        self.policy = (
+            copy.deepcopy(policy)
+            if policy is not None
+            else self._new_policy(obs_dim, action_low, action_high)
+        )
+        self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
+        self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
+        self.parameters = [*self.policy.parameters(), *self.critic.parameters()]
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_class(
+            self.parameters, lr=config.learning_rate, eps=1e-5, weight_decay=config.weight_decay
+        )
+        self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
+        self.optimizer_steps = 0
+
+    def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> FlowPolicy:
+        """A fresh flow policy built from the config (training from scratch)."""
+        config = self.config
+        return FlowPolicy(
             obs_dim,
             action_low,
             action_high,
@@ -238,15 +263,6 @@ class FPO:
             output_scale=config.output_scale,
             squash=config.squash,
         )
-        self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
-        self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
-        self.parameters = [*self.policy.parameters(), *self.critic.parameters()]
-        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_class(
-            self.parameters, lr=config.learning_rate, eps=1e-5, weight_decay=config.weight_decay
-        )
-        self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
-        self.optimizer_steps = 0
 
     @property
     def eval_policy(self) -> FlowPolicy:

@@ -12,6 +12,7 @@ Shapes: ``T`` rollout steps, ``N`` envs, ``Do`` obs size, ``Da`` action size.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -90,17 +91,27 @@ class PPO:
     """Gaussian PPO: ``act`` during rollouts, ``update`` once per rollout batch."""
 
     def __init__(
-        self, obs_dim: int, action_low: Tensor, action_high: Tensor, config: PPOConfig
+        self,
+        obs_dim: int,
+        action_low: Tensor,
+        action_high: Tensor,
+        config: PPOConfig,
+        policy: GaussianPolicy | None = None,
     ) -> None:
+        """``policy``: a pretrained Gaussian policy to fine-tune (copied); None builds a new one
+        from the config."""
         self.config = config
-        self.policy = GaussianPolicy(
-            obs_dim,
-            action_low,
-            action_high,
-            hidden=config.actor_hidden,
-            activation=config.activation,
-            initial_log_std=config.initial_log_std,
-        )
+        if policy is not None:
+            self.policy = copy.deepcopy(policy)
+        else:
+            self.policy = GaussianPolicy(
+                obs_dim,
+                action_low,
+                action_high,
+                hidden=config.actor_hidden,
+                activation=config.activation,
+                initial_log_std=config.initial_log_std,
+            )
         self.critic = ValueNet(obs_dim, config.critic_hidden, config.activation)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
         self.parameters = [*self.policy.parameters(), *self.critic.parameters()]

@@ -1,0 +1,156 @@
+"""Standalone policy files: one policy (weights, normalisers, constructor arguments) plus
+metadata, readable without the run that made it.
+
+A policy file is a torch file holding ``{"format": "flowpolicy-policy", "version": 1,
+"class": "FlowPolicy" | "DiffusionPolicy" | "GaussianPolicy", "init_kwargs": {...},
+"state_dict": {...}, "metadata": {...}}``. The policy is rebuilt from its class name and
+constructor arguments, then its state (weights and normaliser buffers) is loaded.
+``metadata`` holds what a user needs to know about it: env id, dimensions, dataset, returns.
+
+:func:`load_policy_from` takes whatever a user is likely to pass: a policy file, a
+``flowpolicy pretrain`` run directory (its exported ``policy.pt``) or a ``flowpolicy train``
+run directory (the policy it evaluates, rebuilt from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from flowpolicy.checkpoint import load_checkpoint, save_checkpoint
+from flowpolicy.errors import UserError
+from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
+
+POLICY_FORMAT = "flowpolicy-policy"
+POLICY_VERSION = 1
+POLICY_NAME = "policy.pt"
+"""File name of the exported policy inside a pretrain run directory."""
+
+POLICY_CLASSES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (FlowPolicy, DiffusionPolicy, GaussianPolicy)
+}
+
+_WHAT_TO_PASS = (
+    "Pass a policy file written by `flowpolicy pretrain` (RUN_DIR/policy.pt), a pretrain run "
+    "directory, or a run directory made by `flowpolicy train`."
+)
+
+
+@dataclass
+class PolicyFile:
+    """A policy read from a file, with the metadata saved beside it."""
+
+    policy: nn.Module
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_policy(
+    path: str | Path, policy: nn.Module, metadata: dict[str, Any] | None = None
+) -> None:
+    """Write ``policy`` and ``metadata`` (JSON-serialisable) to ``path`` atomically.
+
+    Raises:
+        ValueError: ``policy`` is not one of the policy classes, or the metadata is not JSON.
+    """
+    name = type(policy).__name__
+    if POLICY_CLASSES.get(name) is not type(policy):
+        raise ValueError(f"cannot save a {name}; expected one of {sorted(POLICY_CLASSES)}")
+    metadata = dict(metadata or {})
+    json.dumps(metadata)  # fail here, not when someone reads the file
+    save_checkpoint(
+        path,
+        {
+            "format": POLICY_FORMAT,
+            "version": POLICY_VERSION,
+            "class": name,
+            "init_kwargs": dict(policy.init_kwargs),
+            "state_dict": policy.state_dict(),
+            "metadata": metadata,
+        },
+    )
+
+
+def read_policy_file(path: str | Path) -> PolicyFile:
+    """Rebuild the policy in a policy file; its metadata comes along.
+
+    Raises:
+        UserError: the file is missing, damaged, or not a policy file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"No policy file at {path}. {_WHAT_TO_PASS}")
+    try:
+        payload = load_checkpoint(path)
+    except UserError as error:
+        raise UserError(
+            f"Could not read the policy file {path}: it is damaged or not a torch file. "
+            f"{_WHAT_TO_PASS}"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise UserError(
+            f"{path} is not a flowpolicy policy file (a run's checkpoint.pt is not one either). "
+            f"{_WHAT_TO_PASS}"
+        )
+    if payload.get("version", 0) > POLICY_VERSION:
+        raise UserError(
+            f"The policy file {path} has version {payload['version']}, newer than this "
+            f"flowpolicy reads ({POLICY_VERSION}). Upgrade flowpolicy to read it."
+        )
+    policy_class = POLICY_CLASSES.get(payload.get("class", ""))
+    if policy_class is None:
+        raise UserError(
+            f"The policy file {path} holds an unknown policy class {payload.get('class')!r} "
+            f"(known: {', '.join(sorted(POLICY_CLASSES))}). Was it written by a newer flowpolicy?"
+        )
+    try:
+        policy = policy_class(**payload["init_kwargs"])
+        policy.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(
+            f"The policy file {path} is damaged: its {payload['class']} could not be rebuilt "
+            f"({type(error).__name__}: {error}). Export it again."
+        ) from error
+    policy.eval()
+    return PolicyFile(policy, dict(payload.get("metadata", {})))
+
+
+def load_policy_file(path: str | Path) -> nn.Module:
+    """The policy in a policy file, ready to ``act(obs, mode)``."""
+    return read_policy_file(path).policy
+
+
+def load_policy_from(path: str | Path) -> nn.Module:
+    """A policy from a policy file, a pretrain run directory or a train run directory.
+
+    Raises:
+        UserError: nothing usable at ``path``; the message says what to pass instead.
+    """
+    path = Path(path)
+    if path.is_file():
+        return load_policy_file(path)
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist. {_WHAT_TO_PASS}")
+    if (path / POLICY_NAME).is_file():
+        return load_policy_file(path / POLICY_NAME)
+    config = path / "config.json"
+    if config.is_file() and "algo_name" in _json_keys(config):
+        from flowpolicy.train import load_policy  # lazy: train imports every algorithm
+
+        return load_policy(path)
+    raise UserError(
+        f"{path} holds no policy: it has no {POLICY_NAME} (a pretrain run writes one at its "
+        f"first checkpoint) and is not a `flowpolicy train` run directory. {_WHAT_TO_PASS}"
+    )
+
+
+def _json_keys(path: Path) -> set[str]:
+    """Top-level keys of a JSON object file (empty if it is not one)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
