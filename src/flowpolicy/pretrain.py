@@ -342,6 +342,11 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
             f"{run_dir} already holds a run. Continue it with `flowpolicy pretrain --resume "
             f"{run_dir}`, or pass another --run-dir."
         )
+    if not resume:
+        # An absolute dataset path, so that `pretrain --resume` works from any directory.
+        config = dataclasses.replace(
+            config, dataset=str(Path(config.dataset).expanduser().absolute())
+        )
     torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed)
     dataset = load_dataset(config.dataset, config.dataset_format, config.obs_keys)
