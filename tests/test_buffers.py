@@ -1,11 +1,12 @@
-"""RolloutBuffer: shapes, per-name records, fullness checks."""
+"""RolloutBuffer: shapes, per-name records, fullness checks. TrajectoryReplay: FIFO, the fresh
+fraction of a round, state round trip."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flowpolicy.buffers import RolloutBatch, RolloutBuffer
+from flowpolicy.buffers import RolloutBatch, RolloutBuffer, TrajectoryBatch, TrajectoryReplay
 
 T, N, DO = 3, 2, 4
 
@@ -76,3 +77,90 @@ def test_reset_allows_refilling() -> None:
         buffer.batch()
     _fill(buffer, T)
     assert buffer.batch().obs.shape == (T, N, DO)
+
+
+# ----------------------------------------------------------------------------- trajectory replay
+
+
+def _segments(iteration: int, num: int = 4, steps: int = 3) -> TrajectoryBatch:
+    """``num`` segments whose every entry encodes (iteration, segment) as 100 * it + seg."""
+    tag = (100.0 * iteration + torch.arange(num, dtype=torch.float32)).view(num, 1)
+    return TrajectoryBatch(
+        obs=tag.expand(num, steps).unsqueeze(-1).repeat(1, 1, 2),
+        actions=tag.expand(num, steps).unsqueeze(-1).clone(),
+        rewards=tag.expand(num, steps).clone(),
+        next_obs=tag.expand(num, steps).unsqueeze(-1).repeat(1, 1, 2),
+        terminated=torch.zeros(num, steps),
+        dones=torch.zeros(num, steps),
+    )
+
+
+def _tags(batch: TrajectoryBatch) -> list[int]:
+    return [int(x) for x in batch.rewards[:, 0]]
+
+
+def test_trajectory_batch_from_rollout_is_one_segment_per_env() -> None:
+    buffer = RolloutBuffer(T, N, DO)
+    _fill(buffer, T)
+    rollout = buffer.batch()
+    segments = TrajectoryBatch.from_rollout(rollout, rollout.records["action"])
+    assert len(segments) == N
+    assert segments.obs.shape == (N, T, DO) and segments.actions.shape == (N, T, 5)
+    # env 1's segment, in time order
+    assert torch.equal(segments.rewards[1], torch.tensor([0.0, -1.0, -2.0]))
+    assert torch.equal(segments.dones[1], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(segments.terminated[1], torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(segments.next_obs[0, :, 0], torch.tensor([0.5, 1.5, 2.5]))
+    assert torch.equal(segments.actions[0, :, 0], torch.tensor([10.0, 11.0, 12.0]))
+
+
+def test_replay_is_fifo_over_iterations() -> None:
+    replay = TrajectoryReplay(capacity=3)
+    for iteration in range(5):
+        replay.add(_segments(iteration))
+    assert len(replay) == 12  # 3 iterations x 4 segments
+    assert _tags(replay.fresh) == [400, 401, 402, 403]
+    assert _tags(replay.old) == [200, 201, 202, 203, 300, 301, 302, 303]  # 0 and 1 dropped
+    with pytest.raises(ValueError, match="same length"):
+        replay.add(_segments(5, steps=4))
+
+
+def test_round_sizes_keep_the_minimum_fresh_fraction() -> None:
+    replay = TrajectoryReplay(capacity=3)
+    replay.add(_segments(0))
+    assert replay.round_sizes(4, 1 / 3) == (4, 0)  # only fresh data exists
+    replay.add(_segments(1))
+    assert replay.round_sizes(4, 1 / 3) == (2, 2)  # 4 of 8 stored are fresh: 1/2
+    replay.add(_segments(2))
+    assert replay.round_sizes(4, 1 / 3) == (2, 2)  # 4/12 = 1/3 of 4 = 1.33 -> at least 2
+    assert replay.round_sizes(4, 0.75) == (3, 1)
+    assert replay.round_sizes(4, 1.0) == (4, 0)
+    assert replay.round_sizes(3, 1 / 3) == (1, 2)  # exactly 1/3 stays 1
+
+
+def test_sample_round_draws_fresh_first_without_replacement() -> None:
+    torch.manual_seed(0)
+    replay = TrajectoryReplay(capacity=3)
+    for iteration in range(3):
+        replay.add(_segments(iteration))
+    seen_old = set()
+    for _ in range(50):
+        tags = _tags(replay.sample_round(4, 0.5))
+        assert len(tags) == 4 and len(set(tags)) == 4
+        assert all(t >= 200 for t in tags[:2]) and all(t < 200 for t in tags[2:])
+        seen_old |= set(tags[2:])
+    assert seen_old == {0, 1, 2, 3, 100, 101, 102, 103}  # every old segment can be drawn
+    round_ = replay.sample_round(4, 0.5)
+    assert torch.equal(round_.obs[:, :, 0], round_.rewards)  # fields stay aligned per segment
+
+
+def test_replay_state_dict_round_trip() -> None:
+    replay = TrajectoryReplay(capacity=2)
+    for iteration in range(3):
+        replay.add(_segments(iteration))
+    restored = TrajectoryReplay(capacity=7)
+    restored.load_state_dict(replay.state_dict())
+    assert restored.capacity == 2 and len(restored) == 8
+    assert _tags(restored.fresh) == _tags(replay.fresh)
+    restored.add(_segments(3))
+    assert _tags(restored.old) == [200, 201, 202, 203]  # FIFO capacity survived the round trip

@@ -1,13 +1,20 @@
-"""GAE against hand-worked arithmetic with a termination and a truncation inside the rollout."""
+"""GAE and TD(lambda) against hand-worked arithmetic with a termination and a truncation inside
+the rollout; the reward-scale EMA."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flowpolicy.algos.onpolicy import advantages_and_returns
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.policies import RunningNorm
-from flowpolicy.returns import gae
+from flowpolicy.returns import (
+    gae,
+    reward_scale_from_ema,
+    td_lambda_targets,
+    update_abs_reward_ema,
+)
 
 GAMMA, LAMBDA = 0.9, 0.8  # gamma * lambda = 0.72
 
@@ -86,3 +93,61 @@ def test_advantages_and_returns_bootstraps_from_the_stored_next_obs() -> None:
     assert torch.allclose(values, VALUES, atol=1e-5)
     assert torch.allclose(adv, EXPECTED_ADV, atol=1e-4)
     assert torch.allclose(ret, EXPECTED_RET, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- TD(lambda)
+
+# Same rollout as above; next_values now hold Qbar(s'_t, a'), the target critic at the true
+# next observation. Segment = these T = 4 steps (the last row bootstraps fully).
+TD_LAMBDA = 0.5
+# env 0 (terminates at t = 1):
+#   t3 (segment end):  y3 = 1 + 0.9 * 0.5                          = 1.45
+#   t2:                y2 = 0 + 0.9 * (0.5 * 1.5 + 0.5 * 1.45)     = 1.3275
+#   t1 (terminated):   y2 = 2 + 0 (no bootstrap, no continuation)  = 2.0
+#   t0:                y0 = 1 + 0.9 * (0.5 * 1.0 + 0.5 * 2.0)      = 2.35
+# env 1 (truncated at t = 2, Qbar of its real final observation 4.0):
+#   t3 (segment end):  y3 = -1 + 0.9 * 2.0                         = 0.8
+#   t2 (truncated):    y2 = 2 + 0.9 * 4.0 (full bootstrap)         = 5.6
+#   t1:                y1 = 1 + 0.9 * (0.5 * 0.5 + 0.5 * 5.6)      = 3.745
+#   t0:                y0 = 0 + 0.9 * (0.5 * 2.0 + 0.5 * 3.745)    = 2.58525
+EXPECTED_TD_HALF = torch.tensor([[2.35, 2.58525], [2.0, 3.745], [1.3275, 5.6], [1.45, 0.8]])
+# lambda = 0, one-step TD: r + 0.9 (1 - term) Qbar
+EXPECTED_TD_ZERO = torch.tensor([[1.9, 1.8], [2.0, 1.45], [1.35, 5.6], [1.45, 0.8]])
+# lambda = 1: rewards to the episode/segment end, bootstrapped there
+#   env 0: y3 = 1.45, y2 = 0.9 * 1.45 = 1.305, y1 = 2, y0 = 1 + 0.9 * 2 = 2.8
+#   env 1: y3 = 0.8, y2 = 5.6, y1 = 1 + 0.9 * 5.6 = 6.04, y0 = 0.9 * 6.04 = 5.436
+EXPECTED_TD_ONE = torch.tensor([[2.8, 5.436], [2.0, 6.04], [1.305, 5.6], [1.45, 0.8]])
+
+
+def test_td_lambda_hand_worked_termination_truncation_and_segment_end() -> None:
+    targets = td_lambda_targets(REWARDS, NEXT_VALUES, TERMINATED, DONES, GAMMA, TD_LAMBDA)
+    assert targets.shape == (4, 2)
+    assert torch.allclose(targets, EXPECTED_TD_HALF, atol=1e-5)
+    ones = td_lambda_targets(REWARDS, NEXT_VALUES, TERMINATED, DONES, GAMMA, 1.0)
+    assert torch.allclose(ones, EXPECTED_TD_ONE, atol=1e-5)
+
+
+def test_td_lambda_zero_is_one_step_td() -> None:
+    zero = td_lambda_targets(REWARDS, NEXT_VALUES, TERMINATED, DONES, GAMMA, 0.0)
+    one_step = REWARDS + GAMMA * (1.0 - TERMINATED.float()) * NEXT_VALUES
+    assert torch.allclose(zero, one_step) and torch.allclose(zero, EXPECTED_TD_ZERO, atol=1e-6)
+    # the recursion (any lambda > 0 takes it) agrees with the shortcut in the limit
+    tiny = td_lambda_targets(REWARDS, NEXT_VALUES, TERMINATED, DONES, GAMMA, 1e-9)
+    assert torch.allclose(tiny, zero, atol=1e-6)
+
+
+def test_td_lambda_does_not_modify_its_inputs() -> None:
+    dones = DONES.float().clone()
+    td_lambda_targets(REWARDS, NEXT_VALUES, TERMINATED, dones, GAMMA, TD_LAMBDA)
+    assert torch.equal(dones, DONES.float())
+
+
+def test_reward_ema_seeds_skips_zero_batches_and_averages() -> None:
+    assert update_abs_reward_ema(None, torch.zeros(5), 0.01) is None  # sparse cold start
+    assert reward_scale_from_ema(None) == 1.0
+    ema = update_abs_reward_ema(None, torch.tensor([2.0, -4.0]), 0.01)
+    assert ema == pytest.approx(3.0)  # seeded with the first non-zero batch's mean |r|
+    assert update_abs_reward_ema(ema, torch.zeros(3), 0.01) == ema
+    ema = update_abs_reward_ema(ema, torch.tensor([-1.0, 1.0]), 0.01)
+    assert ema == pytest.approx(0.99 * 3.0 + 0.01 * 1.0)
+    assert reward_scale_from_ema(ema) == pytest.approx(1.0 / 2.98)

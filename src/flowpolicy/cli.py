@@ -1,6 +1,6 @@
 """Command line: ``flowpolicy train | eval``.
 
-    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo; --help lists options)
+    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt; --help lists options)
     flowpolicy train --resume RUN_DIR                 continue a stopped run from its checkpoint
     flowpolicy eval RUN_DIR [--episodes N]            evaluate a run in zero and random sampling
     flowpolicy collect --env ENV --out DIR [options]  train a medium expert and record a dataset
@@ -22,8 +22,8 @@ from rich.console import Console
 
 from flowpolicy.errors import UserError
 
-ALGOS = ("ppo", "fpo")
-PRESETS = {"ppo": ("ppo",), "fpo": ("fpo", "fpo++")}
+ALGOS = ("ppo", "fpo", "rldt")
+PRESETS = {"ppo": ("ppo",), "fpo": ("fpo", "fpo++"), "rldt": ("rldt", "rldt-gym")}
 TYRO_CONFIG = (tyro.conf.OmitArgPrefixes, tyro.conf.AvoidSubcommands, tyro.conf.FlagConversionOff)
 USAGE = __doc__.split("\n\n")[1]
 
@@ -34,9 +34,12 @@ def default_algo_config(algo: str, preset: str):
     """The algorithm config a preset starts from; command-line flags override its fields."""
     from flowpolicy.algos.fpo import FPOConfig, fpo_plus_plus
     from flowpolicy.algos.ppo import PPOConfig
+    from flowpolicy.algos.rldt import RLDTConfig, rldt_gym
 
     if algo == "ppo":
         return PPOConfig()
+    if algo == "rldt":
+        return rldt_gym() if preset == "rldt-gym" else RLDTConfig()
     return fpo_plus_plus() if preset == "fpo++" else FPOConfig()
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from flowpolicy.algos.fpo import FPO, FPOConfig
 from flowpolicy.algos.ppo import PPO, PPOConfig
+from flowpolicy.algos.rldt import RLDT, RLDTConfig
 from flowpolicy.buffers import RolloutBuffer
 from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from flowpolicy.envs import env_dims, make_vector_env
@@ -37,16 +38,18 @@ from flowpolicy.logging import Logger
 from flowpolicy.policies import FlowPolicy, GaussianPolicy
 from flowpolicy.policy_io import load_policy_from, save_policy
 
-AlgoConfig = PPOConfig | FPOConfig
+AlgoConfig = PPOConfig | FPOConfig | RLDTConfig
 ALGORITHMS: dict[type, tuple[str, type]] = {
     PPOConfig: ("ppo", PPO),
     FPOConfig: ("fpo", FPO),
+    RLDTConfig: ("rldt", RLDT),
 }
 CONFIG_CLASSES: dict[str, type] = {name: cfg for cfg, (name, _) in ALGORITHMS.items()}
-Algorithm = PPO | FPO
+Algorithm = PPO | FPO | RLDT
 POLICY_CLASSES: dict[type, type[nn.Module]] = {
     PPOConfig: GaussianPolicy,
     FPOConfig: FlowPolicy,
+    RLDTConfig: FlowPolicy,
 }
 """The policy class each algorithm fine-tunes (``--init``)."""
 INIT_POLICY_NAME = "init_policy.pt"
@@ -225,7 +228,14 @@ def with_policy_settings(config: TrainConfig, policy: nn.Module | None) -> Train
         for name in ("chunk", "chunk_exec", "flow_steps")
         if name in fields and hasattr(policy, name)
     }
-    return dataclasses.replace(config, algo=dataclasses.replace(config.algo, **settings))
+    try:
+        return dataclasses.replace(config, algo=dataclasses.replace(config.algo, **settings))
+    except ValueError as error:  # the policy's settings conflict with another option
+        raise UserError(
+            f"The pretrained policy {config.init} (chunk {settings.get('chunk')}, chunk_exec "
+            f"{settings.get('chunk_exec')}, flow_steps {settings.get('flow_steps')}) does not fit "
+            f"the {config.algo_name} options: {error}"
+        ) from error
 
 
 def check_policy_fits_env(

@@ -1,0 +1,791 @@
+"""RLDT — RL with Density Transport (Lei, Daniilidis, Loquercio, arXiv 2606.08602; code
+RPFey/rldt).
+
+RLDT fine-tunes a flow policy towards ``p(a|s) ∝ exp(Q(s, a) / alpha)`` by transporting
+samples along an SVGD field, applied at *expected posteriors* so that no gradient flows through
+the sampler (ALGORITHMS.md section 5). For a batch of states s:
+
+1. **Particles.** P full Euler chains ``x_0 .. x_K`` of the current policy per state; per
+   particle one random step ``k ~ U{0..K-1}``, ``tau = k / K``, and its expected posterior
+   ``a_dagger = x_tau + (1 - tau) v(x_tau, tau)`` (Tweedie for the linear path).
+2. **Field** (no gradient). Queries ``a_dagger_i``, centres the final actions ``a_j`` of the
+   same state, ``d_ij = ||a_dagger_i - a_j||^2``, ``h_i = median_j d_ij / (2 log(P + 1))``,
+   ``k_ij = exp(-d_ij / (2 h_i))``, ``g_j = mean_e grad_a Q_e(s, a_j)``,
+   ``alpha_s = 1e-3 mean_j ||g_j||`` and
+
+       phi_i = (1/P) sum_j [ k_ij g_j + alpha_s k_ij (a_dagger_i - a_j) / h_i ],
+
+   attraction towards high Q plus a kernel repulsion that keeps particles, and so modes, apart.
+   Alternatives: ``delta`` (``phi_i = grad Q(a_dagger_i)``) and ``interp`` (centres are the
+   ``a_dagger`` too).
+3. **Losses.** Alignment ``-E[<v_theta(x_tau, tau), phi> / (K (1 - tau))]`` (the gradient of
+   ``0.5 ||v - sg(v + phi / (K (1 - tau)))||^2``: a regression of the velocity onto the
+   transported one); consistency ``E ||x_tau + (1 - tau) v_theta - a||^2 / (K (1 - tau))^2``
+   (keeps ``a_dagger`` an honest proxy of the particle's own final action ``a``); and a
+   constraint ``E ||v_theta(x', tau') - v_ref(x', tau')||^2`` at ``x' = (1 - tau') eps + tau' a``
+   towards a reference field: the frozen initial policy (paper) or the previous iterate
+   (released code).
+4. **Critic.** An ensemble of Q(s, executed chunk) with Polyak targets, members on disjoint
+   trajectory subsets, TD(lambda) targets ``y_t = r_t + gamma (1 - d_t) [(1 - lambda) Qbar_t +
+   lambda y_{t+1}]`` with ``Qbar`` the min over target members averaged over fresh policy
+   actions at s'; rewards divided by an EMA of mean |r|.
+5. **Schedule.** Each iteration's trajectories join a FIFO replay of the last N iterations;
+   then R rounds of {critic steps, actor steps}, each round on as many trajectories as there
+   are envs, at least 1/3 of them fresh. The first iterations train only the critic.
+6. **Exploration.** ``min_extrp``: execute ``a_K + ||a_K - a_dagger_k|| n``, n ~ N(0, I),
+   for one late step k — the noise scale calibrates itself.
+
+Shapes: ``N`` envs, ``T`` steps per iteration, ``S`` trajectory segments, ``B`` states,
+``P`` particles per state, ``K`` flow steps, ``A = Ta * Da`` flat chunk, ``A_exec = Ta_exec *
+Da`` executed chunk, ``Do`` observation size, ``E`` critic members.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from flowpolicy import flows
+from flowpolicy.algos.onpolicy import optimizer_step
+from flowpolicy.algos.validation import require_positive, require_range
+from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
+from flowpolicy.critics import QEnsemble, QReduction
+from flowpolicy.errors import NonFiniteLossError, UserError
+from flowpolicy.nets import Activation
+from flowpolicy.policies import FlowPolicy, Network, Squash
+from flowpolicy.returns import reward_scale_from_ema, td_lambda_targets, update_abs_reward_ema
+
+ActionGradient = Callable[[Tensor, Tensor], Tensor]
+"""``grad_a Q``: normalised obs (B, Do), flat chunks (B, A) -> (B, A)."""
+
+TransportField = Literal["svgd", "delta", "interp"]
+Reference = Literal["previous", "initial"]
+Exploration = Literal["min_extrp", "gaussian", "none"]
+
+
+@dataclass(frozen=True)
+class RLDTConfig:
+    """RLDT. Defaults are the authors' Gym fine-tuning settings (released config
+    ``cfg/gym/finetune/*/ft_svgd_flowmatching_mlp.yaml``), except where a 2-core CPU needs a
+    smaller data regime (marked CPU below; :func:`rldt_gym` restores the authors' sizes)."""
+
+    # --- rollout ---
+    num_envs: int = 10
+    """parallel environments; one trajectory segment each per iteration (authors: 100; CPU)."""
+    num_steps: int = 250
+    """vector (chunk) steps per env per iteration (authors: 500; CPU)."""
+    gamma: float = 0.99
+    """discount per executed chunk."""
+    # --- flow policy (built only when no pretrained policy is given) ---
+    flow_steps: int = 8
+    """K Euler steps of the sampler (authors: 8 on Gym and Robomimic, 32 on Furniture)."""
+    chunk: int = 4
+    """Ta, actions per policy sample (authors: 4 on Gym)."""
+    chunk_exec: int = 4
+    """Ta_exec <= Ta, actions executed per policy sample; the critic sees these."""
+    actor_network: Network = "residual"
+    """from-scratch velocity network: residual MLP with a time embedding (authors) or FPO's mlp."""
+    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    """hidden sizes of a from-scratch velocity network (authors: 3x512; CPU)."""
+    actor_activation: Activation = "relu"
+    """hidden activation of a from-scratch velocity network (authors: ReLU)."""
+    time_dim: int = 16
+    """size of the time embedding of a from-scratch velocity network (authors: 16)."""
+    output_scale: float = 1.0
+    """scale of a from-scratch velocity network's output."""
+    squash: Squash = "clip"
+    """how a from-scratch policy's raw actions are bounded for the env (authors: clip)."""
+    # --- critic ---
+    critic_members: int = 2
+    """E, Q-ensemble members."""
+    critic_hidden: tuple[int, ...] = (256, 256, 256)
+    """hidden sizes of each Q member."""
+    critic_activation: Activation = "silu"
+    """hidden activation of each Q member."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the Q members."""
+    critic_init_std: float | None = 0.1
+    """std of the N(0, std^2) init of the Q members' weights (None: orthogonal init)."""
+    critic_lr: float = 1e-3
+    """AdamW learning rate of the critic."""
+    critic_weight_decay: float = 0.0
+    """AdamW weight decay of the critic (authors: 0)."""
+    target_decay: float = 0.995
+    """Polyak factor m of the target critics per critic step: Qbar <- m Qbar + (1 - m) Q."""
+    target_reduction: QReduction = "min"
+    """how target members combine: min (RLDT), mean, or pessimistic = mean - pessimism * std."""
+    pessimism: float = 0.5
+    """rho of the pessimistic target reduction."""
+    bootstrap_actions: int = 2
+    """fresh policy actions at s' that the bootstrap value averages over."""
+    td_lambda: float = 0.0
+    """lambda of the TD(lambda) targets (authors: 0 on Gym, 0.5 on Robomimic/Furniture)."""
+    reward_ema_rate: float | None = 0.01
+    """divide rewards by an EMA (this rate) of the batch mean |r|; None: use reward_scale."""
+    reward_scale: float = 1.0
+    """fixed reward multiplier, used only when reward_ema_rate is None."""
+    bootstrap_clip: tuple[float, float] | None = None
+    """clip the bootstrap values Qbar into [low, high] (sparse 0/1 tasks: 0 1); None: no clip."""
+    # --- data regime ---
+    replay_iterations: int = 20
+    """iterations of trajectories kept in the FIFO replay, the newest included (authors: 20)."""
+    min_fresh_fraction: float = 1 / 3
+    """least share of the newest iteration's trajectories in every round."""
+    critic_warmup_iterations: int = 2
+    """first iterations that train only the critic."""
+    rounds: int = 8
+    """rounds of {critic steps, actor steps} per iteration (authors: 16; CPU)."""
+    critic_steps: int = 256
+    """critic steps per iteration, split evenly over the rounds (authors: 512; CPU)."""
+    actor_steps: int = 32
+    """actor steps per iteration, split evenly over the rounds (authors: 32)."""
+    # --- transport update ---
+    num_particles: int = 8
+    """P, particles (full policy chains) per state."""
+    field: TransportField = "svgd"
+    """transport field: svgd, delta (plain grad Q at a_dagger), interp (a_dagger as centres)."""
+    svgd_temperature: float = 1e-3
+    """repulsion temperature; scaled per state by mean ||grad Q|| if adaptive_temperature."""
+    adaptive_temperature: bool = True
+    """alpha_s = svgd_temperature * mean_j ||grad_a Q(s, a_j)|| (state-adaptive)."""
+    rbf_bandwidth: float | None = None
+    """fixed RBF bandwidth h; None: the per-query median heuristic."""
+    consistency_coef: float = 0.5
+    """weight of the consistency loss."""
+    constraint_coef: float = 0.2
+    """weight of the velocity constraint to the reference policy."""
+    reference: Reference = "previous"
+    """constraint reference: previous iterate (released code) or frozen initial policy (paper)."""
+    actor_lr: float = 2e-5
+    """Adam learning rate of the actor."""
+    actor_warmup_steps: int = 32
+    """linear learning-rate warm-up of the actor, in actor steps, from lr / this (1: none)."""
+    actor_chunk_states: int = 1024
+    """states per forward/backward chunk of an actor step (bounds memory, same gradient)."""
+    # --- exploration ---
+    exploration: Exploration = "min_extrp"
+    """training-rollout noise: min_extrp (posterior-calibrated), gaussian, or none."""
+    min_extrp_step: int = 6
+    """min_extrp draws its step k from [this, K) (authors: 6 of 8)."""
+    action_noise_std: float = 0.02
+    """std of the gaussian exploration noise."""
+
+    def __post_init__(self) -> None:
+        require_positive(
+            self,
+            "num_envs",
+            "num_steps",
+            "flow_steps",
+            "chunk",
+            "chunk_exec",
+            "time_dim",
+            "critic_members",
+            "critic_lr",
+            "bootstrap_actions",
+            "replay_iterations",
+            "rounds",
+            "critic_steps",
+            "num_particles",
+            "actor_lr",
+            "actor_warmup_steps",
+            "actor_chunk_states",
+            "critic_init_std",
+            "rbf_bandwidth",
+            "reward_scale",
+        )
+        require_range(self, "gamma", 0.0, 1.0)
+        require_range(self, "td_lambda", 0.0, 1.0)
+        if not 0.0 <= self.target_decay < 1.0:
+            raise ValueError(
+                f"RLDTConfig.target_decay must be in [0, 1), got {self.target_decay!r}."
+            )
+        require_range(self, "min_fresh_fraction", 1e-9, 1.0)
+        non_negative = (
+            "critic_weight_decay",
+            "pessimism",
+            "svgd_temperature",
+            "action_noise_std",
+            "consistency_coef",
+            "constraint_coef",
+            "critic_warmup_iterations",
+            "actor_steps",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"RLDTConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        if self.reward_ema_rate is not None:
+            require_range(self, "reward_ema_rate", 1e-9, 1.0)
+        if self.chunk_exec > self.chunk:
+            raise ValueError(
+                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
+                "only execute actions the policy produced."
+            )
+        for name in ("critic_steps", "actor_steps"):
+            if getattr(self, name) % self.rounds:
+                raise ValueError(
+                    f"RLDTConfig.{name} = {getattr(self, name)} does not split evenly into "
+                    f"rounds = {self.rounds}; pass a multiple of --rounds."
+                )
+        if self.num_envs < self.critic_members:
+            raise ValueError(
+                f"num_envs ({self.num_envs}) must be >= critic_members ({self.critic_members}): "
+                "each critic member trains on its own trajectories."
+            )
+        if self.field != "delta" and self.num_particles < 2:
+            raise ValueError(
+                f"the {self.field} field needs num_particles >= 2, got {self.num_particles}."
+            )
+        if self.exploration == "min_extrp" and not 0 <= self.min_extrp_step < self.flow_steps:
+            raise ValueError(
+                f"min_extrp_step must be in [0, flow_steps) = [0, {self.flow_steps}), got "
+                f"{self.min_extrp_step}. The authors explore from the last two steps (6 of 8, "
+                f"30 of 32): pass --min-extrp-step {max(self.flow_steps - 2, 0)}."
+            )
+        if self.bootstrap_clip is not None and not self.bootstrap_clip[0] < self.bootstrap_clip[1]:
+            raise ValueError(f"bootstrap_clip needs low < high, got {self.bootstrap_clip}.")
+
+    @property
+    def critic_steps_per_round(self) -> int:
+        return self.critic_steps // self.rounds
+
+    @property
+    def actor_steps_per_round(self) -> int:
+        return self.actor_steps // self.rounds
+
+
+def rldt_gym(**overrides: object) -> RLDTConfig:
+    """The authors' full Gym data regime (100 envs x 500 chunk steps, 16 rounds, 512 critic
+    steps per iteration); sized for a GPU. Keyword overrides win."""
+    preset = dict(num_envs=100, num_steps=500, rounds=16, critic_steps=512, actor_steps=32)
+    return RLDTConfig(**(preset | overrides))
+
+
+# ----------------------------------------------------------------------------- the field
+
+
+def svgd_field(
+    query: Tensor,
+    centres: Tensor,
+    grads: Tensor,
+    temperature: float,
+    adaptive_temperature: bool = True,
+    bandwidth: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The SVGD transport direction at each query, per state.
+
+    ``d_ij = ||q_i - a_j||^2``; ``h_i = median_j d_ij / (2 log(P + 1))`` (the lower median for
+    even P, as ``torch.median`` and the released code) unless ``bandwidth`` is fixed;
+    ``k_ij = exp(-d_ij / (2 h_i))``; ``alpha = temperature * mean_j ||g_j||`` per state when
+    adaptive, else ``temperature``;
+
+        phi_i = (1/P) sum_j [ k_ij g_j + alpha k_ij (q_i - a_j) / h_i ].
+
+    Args:
+        query: (S, Q, A) points where the field is evaluated (the expected posteriors).
+        centres: (S, P, A) kernel centres (the particles' final actions).
+        grads: (S, P, A) ``grad_a Q`` at the centres.
+        temperature: repulsion temperature (the authors' 1e-3).
+        adaptive_temperature: scale it by the state's mean gradient norm.
+        bandwidth: fixed h, or None for the median heuristic.
+
+    Returns:
+        phi (S, Q, A) and diagnostics (means over the batch).
+    """
+    num_centres = centres.shape[1]
+    difference = query.unsqueeze(2) - centres.unsqueeze(1)  # (S, Q, P, A)
+    sq_distance = difference.square().sum(-1)  # (S, Q, P)
+    if bandwidth is None:
+        median = sq_distance.median(dim=-1, keepdim=True).values  # (S, Q, 1)
+        h = median / (2.0 * math.log(num_centres + 1))
+    else:
+        h = torch.full_like(sq_distance[..., :1], bandwidth)
+    h = h.clamp(min=1e-8)
+    kernel = torch.exp(-sq_distance / (2.0 * h))  # (S, Q, P)
+    grad_norm = grads.norm(dim=-1)  # (S, P)
+    if adaptive_temperature:
+        alpha = temperature * grad_norm.mean(dim=-1).view(-1, 1, 1)  # (S, 1, 1)
+    else:
+        alpha = torch.full_like(h[:, :1], temperature)
+    attraction = kernel @ grads  # (S, Q, A)
+    repulsion = (kernel.unsqueeze(-1) * difference).sum(dim=2) / h  # (S, Q, A)
+    phi = (attraction + alpha * repulsion) / num_centres
+    metrics = {
+        "policy/grad_q_norm": grad_norm.mean(),
+        "policy/temperature": alpha.mean(),
+        "policy/bandwidth": h.mean(),
+        "policy/attraction_norm": (attraction / num_centres).norm(dim=-1).mean(),
+        "policy/repulsion_norm": (alpha * repulsion / num_centres).norm(dim=-1).mean(),
+    }
+    return phi, metrics
+
+
+# ----------------------------------------------------------------------------- the losses
+
+
+def alignment_loss(velocity: Tensor, field: Tensor, tau: Tensor, flow_steps: int) -> Tensor:
+    """``-E[ <v_theta(x_tau, tau), phi> / (K (1 - tau)) ]``.
+
+    Its gradient equals that of the regression ``0.5 ||v - sg(v + phi / (K (1 - tau)))||^2``:
+    the velocity is pulled towards the one that moves the expected posterior along phi.
+
+    Args:
+        velocity: (B, A) with gradient. field: (B, A) phi, no gradient. tau: (B,), < 1.
+        flow_steps: K.
+    """
+    weight = 1.0 / (flow_steps * (1.0 - tau))
+    return -((velocity * field.detach()).sum(-1) * weight).mean()
+
+
+def consistency_loss(
+    x_tau: Tensor, velocity: Tensor, tau: Tensor, final: Tensor, flow_steps: int
+) -> Tensor:
+    """``E || x_tau + (1 - tau) v_theta - a ||^2 / (K (1 - tau))^2`` with ``a`` the final action
+    of the same chain: the expected posterior stays an honest proxy of the sampled action.
+
+    Args:
+        x_tau, velocity, final: (B, A). tau: (B,). flow_steps: K.
+    """
+    posterior = flows.expected_posterior(x_tau, velocity, tau)
+    scale = (flow_steps * (1.0 - tau)).square()
+    return ((posterior - final.detach()).square().sum(-1) / scale).mean()
+
+
+def constraint_loss(
+    policy: FlowPolicy, reference: FlowPolicy, obs_normalised: Tensor, actions: Tensor
+) -> Tensor:
+    """``E || v_theta(x', tau') - v_ref(x', tau') ||^2`` at ``x' = (1 - tau') eps + tau' a``,
+    tau' on the sampling grid (a time-weighted Fisher divergence between the two flows).
+
+    Args:
+        policy: the trained policy. reference: the reference policy (no gradient).
+        obs_normalised: (B, Do), used by both fields. actions: (B, A) the particles' actions.
+    """
+    flow_steps = policy.flow_steps
+    tau = flows.sample_tau((actions.shape[0],), "grid", flow_steps)
+    x = flows.interpolate(actions.detach(), torch.randn_like(actions), tau)
+    velocity = policy.velocity(obs_normalised, x, tau)
+    with torch.no_grad():
+        reference_velocity = reference.velocity(obs_normalised, x, tau)
+    return (velocity - reference_velocity).square().sum(-1).mean()
+
+
+def posteriors_at_random_steps(
+    velocity: flows.VelocityFn, chain: Tensor, flow_steps: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One random step per particle of its own chain, and the expected posterior there.
+
+    Args:
+        velocity: ``v(x (B, A), tau (B,))``; called once, its output keeps its gradient.
+        chain: (K + 1, B, A) Euler iterates ``x_0 .. x_K``.
+        flow_steps: K.
+
+    Returns:
+        ``x_k`` (B, A), ``tau = k / K`` (B,), ``v(x_k, tau)`` (B, A) and
+        ``a_dagger = x_k + (1 - tau) v`` (B, A, no gradient).
+    """
+    batch = chain.shape[1]
+    step = torch.randint(0, flow_steps, (batch,), device=chain.device)
+    x_k = chain[step, torch.arange(batch, device=chain.device)]
+    tau = step.float() / flow_steps
+    v = velocity(x_k, tau)
+    return x_k, tau, v, flows.expected_posterior(x_k, v.detach(), tau)
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+
+class RLDT:
+    """RLDT on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per iteration.
+
+    Args:
+        obs_dim: Do. action_low, action_high: env bounds, (Da,) each.
+        config: hyper-parameters.
+        policy: a pretrained flow policy to fine-tune (used as given: pass a copy); None builds
+            one from the config (training from scratch).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_low: Tensor,
+        action_high: Tensor,
+        config: RLDTConfig,
+        policy: FlowPolicy | None = None,
+    ) -> None:
+        self.config = config
+        if policy is None:
+            policy = FlowPolicy(
+                obs_dim,
+                action_low,
+                action_high,
+                chunk=config.chunk,
+                chunk_exec=config.chunk_exec,
+                flow_steps=config.flow_steps,
+                network=config.actor_network,
+                hidden=config.actor_hidden,
+                time_dim=config.time_dim,
+                activation=config.actor_activation,
+                output_scale=config.output_scale,
+                squash=config.squash,
+            )
+        else:
+            check_initial_policy(policy, obs_dim, config)
+        self.policy = policy
+        self.reference = copy.deepcopy(policy).requires_grad_(False)
+        self.executed_dim = config.chunk_exec * policy.action_dim
+        self.critic = QEnsemble(
+            obs_dim,
+            self.executed_dim,
+            config.critic_members,
+            config.critic_hidden,
+            config.critic_activation,
+            config.critic_layer_norm,
+            config.critic_init_std,
+            config.target_decay,
+        )
+        self.critic_optimizer = torch.optim.AdamW(
+            self.critic.members.parameters(),
+            lr=config.critic_lr,
+            weight_decay=config.critic_weight_decay,
+        )
+        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
+        self.actor_scheduler = torch.optim.lr_scheduler.LinearLR(
+            self.actor_optimizer,
+            start_factor=1.0 / config.actor_warmup_steps,
+            end_factor=1.0,
+            total_iters=config.actor_warmup_steps,
+        )
+        self.replay = TrajectoryReplay(config.replay_iterations)
+        self.reward_ema: float | None = None
+        self.iterations = 0
+
+    @property
+    def eval_policy(self) -> FlowPolicy:
+        """The policy that evaluation runs and checkpoints export."""
+        return self.policy
+
+    # ------------------------------------------------------------------------- sampling
+
+    def _sample(
+        self, obs_normalised: Tensor, return_chain: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Random-sampling Euler chains of the current policy for normalised obs (B, Do)."""
+        x0 = self.policy.initial_noise(obs_normalised.shape[0], "random", obs_normalised.device)
+        return flows.euler_sample(
+            lambda x, tau: self.policy.velocity(obs_normalised, x, tau),
+            x0,
+            self.policy.flow_steps,
+            return_chain,
+        )
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample exploring actions for raw observations (N, Do).
+
+        Returns env actions (N, Ta_exec * Da) and the record ``action``: the executed part of
+        the raw (pre-squash) chunk, (N, A_exec), which the critic is trained on.
+        """
+        obs_normalised = self.policy.obs_norm(obs)
+        final, chain = self._sample(obs_normalised, return_chain=True)
+        action = self.explore(obs_normalised, final, chain)
+        return self.policy.env_action(action), {"action": action[:, : self.executed_dim]}
+
+    @torch.no_grad()
+    def explore(self, obs_normalised: Tensor, final: Tensor, chain: Tensor) -> Tensor:
+        """Training-rollout noise on the final actions (N, A) of the chains (K + 1, N, A).
+
+        ``min_extrp``: ``a_K + ||a_K - a_dagger_k|| n`` for one step k drawn from
+        ``[min_extrp_step, K)``: where late steps still change their mind, explore more.
+        ``gaussian``: ``a_K + std n``.
+        """
+        cfg = self.config
+        if cfg.exploration == "none":
+            return final
+        if cfg.exploration == "gaussian":
+            return final + cfg.action_noise_std * torch.randn_like(final)
+        flow_steps = self.policy.flow_steps
+        batch = final.shape[0]
+        step = torch.randint(cfg.min_extrp_step, flow_steps, (batch,))
+        x_k = chain[step, torch.arange(batch)]
+        tau = step.float() / flow_steps
+        posterior = flows.expected_posterior(
+            x_k, self.policy.velocity(obs_normalised, x_k, tau), tau
+        )
+        scale = (final - posterior).norm(dim=-1, keepdim=True)  # (N, 1)
+        return final + scale * torch.randn_like(final)
+
+    # ------------------------------------------------------------------------- the update
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """Store the iteration's trajectories, then run the rounds of critic and actor steps.
+
+        Returns the mean of every step's metrics plus ``charts/`` values of the iteration.
+        """
+        cfg = self.config
+        fresh = TrajectoryBatch.from_rollout(batch, batch.records["action"])
+        self.replay.add(fresh)
+        if cfg.reward_ema_rate is not None:
+            self.reward_ema = update_abs_reward_ema(
+                self.reward_ema, batch.rewards, cfg.reward_ema_rate
+            )
+            reward_scale = reward_scale_from_ema(self.reward_ema)
+        else:
+            reward_scale = cfg.reward_scale
+        train_actor = self.iterations >= cfg.critic_warmup_iterations
+        means = _RunningMeans()
+        for _ in range(cfg.rounds):
+            data = self.replay.sample_round(len(fresh), cfg.min_fresh_fraction)
+            for metrics in self.critic_round(data, reward_scale, cfg.critic_steps_per_round):
+                means.add(metrics)
+            if train_actor:
+                for step in range(cfg.actor_steps_per_round):
+                    means.add(self.actor_step(actor_states(data, step, cfg.num_particles)))
+        self.iterations += 1
+        if cfg.reference == "previous":
+            self.refresh_reference()
+        self.policy.obs_norm.update(batch.obs)
+        return means.result() | {
+            "charts/reward_scale": reward_scale,
+            "charts/actor_lr": self.actor_optimizer.param_groups[0]["lr"],
+            "charts/replay_segments": float(len(self.replay)),
+        }
+
+    def refresh_reference(self) -> None:
+        """Make the constraint's reference the current policy (the released code does this
+        after every iteration; the paper keeps the initial policy)."""
+        self.reference.load_state_dict(self.policy.state_dict())
+
+    def critic_round(
+        self, data: TrajectoryBatch, reward_scale: float, steps: int
+    ) -> list[dict[str, Tensor]]:
+        """``steps`` full-batch critic steps on one round's segments (S, T).
+
+        The bootstrap actions at s' are drawn once per round; the targets are recomputed at
+        every step from the moving target critics. Member e trains on segments ``e, e + E, ..``.
+        """
+        cfg = self.config
+        num_segments, num_steps = data.rewards.shape
+        norm = self.policy.obs_norm
+        obs = norm(data.obs.flatten(0, 1))  # (S*T, Do)
+        next_obs = norm(data.next_obs.flatten(0, 1))
+        actions = data.actions.flatten(0, 1)  # (S*T, A_exec)
+        rewards = (data.rewards * reward_scale).T  # (T, S)
+        terminated, dones = data.terminated.T, data.dones.T
+        member_of = segment_members(num_segments, cfg.critic_members).repeat_interleave(num_steps)
+        with torch.no_grad():
+            next_actions = torch.stack(
+                [
+                    self._sample(next_obs)[:, : self.executed_dim]
+                    for _ in range(cfg.bootstrap_actions)
+                ]
+            )  # (M, S*T, A_exec)
+        parameters = list(self.critic.members.parameters())
+        out = []
+        for _ in range(steps):
+            bootstrap = self.critic.bootstrap_value(
+                next_obs, next_actions, cfg.target_reduction, cfg.pessimism
+            )
+            bootstrap = bootstrap.view(num_segments, num_steps).T  # (T, S)
+            if cfg.bootstrap_clip is not None:
+                bootstrap = bootstrap.clamp(*cfg.bootstrap_clip)
+            targets = td_lambda_targets(
+                rewards, bootstrap, terminated, dones, cfg.gamma, cfg.td_lambda
+            ).T.flatten()  # (S*T,)
+            loss, metrics = self.critic.loss(obs, actions, targets, member_of)
+            optimizer_step(self.critic_optimizer, loss, parameters, None)
+            self.critic.update_targets()
+            out.append(
+                metrics | {"loss/critic": loss.detach(), "critic/target_mean": targets.mean()}
+            )
+        return out
+
+    def critic_action_gradient(self, obs_normalised: Tensor, action: Tensor) -> Tensor:
+        """``mean_e grad_a Q_e`` for full chunks (B, A); the critic sees only the executed part,
+        so the gradient on the actions that are never executed is zero."""
+        gradient = torch.zeros_like(action)
+        executed = action[:, : self.executed_dim]
+        gradient[:, : self.executed_dim] = self.critic.action_gradient(obs_normalised, executed)
+        return gradient
+
+    def actor_step(
+        self, obs: Tensor, action_gradient: ActionGradient | None = None
+    ) -> dict[str, Tensor]:
+        """One transport step of the actor on raw observations (B, Do).
+
+        The states are processed in chunks of ``actor_chunk_states`` whose gradients add up to
+        the full batch's, then one (warmed-up) Adam step is taken.
+
+        Args:
+            obs: (B, Do) raw observations.
+            action_gradient: ``grad_a Q`` to transport along; default: the critic ensemble's
+                mean. Tests pass a known Q's gradient here.
+        """
+        gradient_fn = (
+            action_gradient if action_gradient is not None else self.critic_action_gradient
+        )
+        obs_normalised = self.policy.obs_norm(obs)
+        total = obs_normalised.shape[0]
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        means = _RunningMeans()
+        for chunk in obs_normalised.split(self.config.actor_chunk_states):
+            loss, metrics = self.transport_loss(chunk, gradient_fn)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"actor loss is {loss.item()}; the update was not applied")
+            (loss * (chunk.shape[0] / total)).backward()
+            means.add(metrics, weight=chunk.shape[0])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), math.inf)
+        self.actor_optimizer.step()
+        self.actor_scheduler.step()
+        return means.result() | {"loss/actor_grad_norm": float(grad_norm)}
+
+    def transport_loss(
+        self, obs_normalised: Tensor, action_gradient: ActionGradient
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """RLDT's actor loss on normalised observations (B, Do); returns (loss, metrics)."""
+        cfg = self.config
+        particles = cfg.num_particles
+        flow_steps = self.policy.flow_steps
+        obs_p = obs_normalised.repeat_interleave(particles, dim=0)  # (B*P, Do)
+        with torch.no_grad():
+            final, chain = self._sample(obs_p, return_chain=True)  # (BP, A), (K+1, BP, A)
+        x_k, tau, velocity, posterior = posteriors_at_random_steps(
+            lambda x, t: self.policy.velocity(obs_p, x, t), chain, flow_steps
+        )
+        field, metrics = self.transport_field(obs_p, posterior, final, action_gradient)
+        align = alignment_loss(velocity, field, tau, flow_steps)
+        consistency = consistency_loss(x_k, velocity, tau, final, flow_steps)
+        constraint = constraint_loss(self.policy, self.reference, obs_p, final)
+        loss = align + cfg.consistency_coef * consistency + cfg.constraint_coef * constraint
+        with torch.no_grad():
+            per_state = final.view(-1, particles, final.shape[-1])  # (B, P, A)
+            spread = torch.cdist(per_state, per_state).mean()
+        return loss, metrics | {
+            "loss/policy": loss.detach(),
+            "loss/alignment": align.detach(),
+            "loss/consistency": consistency.detach(),
+            "loss/constraint": constraint.detach(),
+            "policy/particle_distance": spread,
+        }
+
+    @torch.no_grad()
+    def transport_field(
+        self,
+        obs_p: Tensor,
+        posterior: Tensor,
+        final: Tensor,
+        action_gradient: ActionGradient,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """phi (B*P, A) at the expected posteriors for the configured field."""
+        cfg = self.config
+        if cfg.field == "delta":
+            gradient = action_gradient(obs_p, posterior)
+            return gradient, {"policy/grad_q_norm": gradient.norm(dim=-1).mean()}
+        centres = posterior if cfg.field == "interp" else final
+        shape = (-1, cfg.num_particles, final.shape[-1])  # (B, P, A)
+        phi, metrics = svgd_field(
+            posterior.view(shape),
+            centres.view(shape),
+            action_gradient(obs_p, centres).view(shape),
+            cfg.svgd_temperature,
+            cfg.adaptive_temperature,
+            cfg.rbf_bandwidth,
+        )
+        return phi.reshape(final.shape), metrics
+
+    # ------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "reference": self.reference.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "actor_scheduler": self.actor_scheduler.state_dict(),
+            "replay": self.replay.state_dict(),
+            "reward_ema": self.reward_ema,
+            "iterations": self.iterations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.reference.load_state_dict(state["reference"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.actor_scheduler.load_state_dict(state["actor_scheduler"])
+        self.replay.load_state_dict(state["replay"])
+        self.reward_ema = state["reward_ema"]
+        self.iterations = state["iterations"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def segment_members(num_segments: int, num_members: int) -> Tensor:
+    """Critic member of each segment of a round, ``segment % E``: disjoint trajectory subsets
+    (the released code's ``traj`` split); (S,) int64."""
+    return torch.arange(num_segments) % num_members
+
+
+def actor_states(data: TrajectoryBatch, step: int, num_particles: int) -> Tensor:
+    """Raw observations (B, Do) for one actor step: every state of every P-th segment of the
+    round, starting at segment ``step % P`` (the released code's selection), so a step costs
+    about as many particles as the round has transitions."""
+    num_segments = len(data)
+    offset = step % num_particles
+    if offset >= num_segments:  # fewer segments than particles: one segment per step
+        chosen = torch.tensor([step % num_segments])
+    else:
+        chosen = torch.arange(offset, num_segments, num_particles)
+    return data.obs[chosen].flatten(0, 1)
+
+
+def check_initial_policy(policy: FlowPolicy, obs_dim: int, config: RLDTConfig) -> None:
+    """A pretrained policy must match the env and the config's chunking and flow steps."""
+    expected = {
+        "obs_dim": obs_dim,
+        "chunk": config.chunk,
+        "chunk_exec": config.chunk_exec,
+        "flow_steps": config.flow_steps,
+    }
+    wrong = {name: value for name, value in expected.items() if getattr(policy, name) != value}
+    if wrong:
+        found = ", ".join(f"{name}={getattr(policy, name)}" for name in wrong)
+        wanted = ", ".join(f"{name}={value}" for name, value in wrong.items())
+        flags = " ".join(
+            f"--{name.replace('_', '-')} {getattr(policy, name)}"
+            for name in wrong
+            if name != "obs_dim"
+        )
+        raise UserError(
+            f"The initial policy has {found}, but this run expects {wanted}. "
+            + (
+                "The policy was trained for another environment; pretrain one for this env."
+                if "obs_dim" in wrong
+                else f"Pass {flags} so the RLDT config matches the policy."
+            )
+        )
+
+
+class _RunningMeans:
+    """Weighted means of metric dicts (tensors or floats)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, Tensor | float], weight: float = 1.0) -> None:
+        for name, value in metrics.items():
+            value = float(value.detach()) if isinstance(value, Tensor) else float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + weight * value
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        return {name: total / self.weights[name] for name, total in self.sums.items()}
