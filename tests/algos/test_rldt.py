@@ -36,6 +36,7 @@ from flowpolicy.errors import UserError
 from flowpolicy.policies import FlowPolicy
 from flowpolicy.train import TrainConfig, resume, train
 from tests.algos.rollouts import random_rollout
+from tests.test_train import metric_rows, small_config
 
 OBS_DIM = 3
 LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
@@ -528,31 +529,15 @@ LOOP_TINY = TINY | dict(chunk=1, actor_hidden=(16,), critic_hidden=(16,))
 
 
 def _run_config(tmp_path: Path, steps: int = 64, **run) -> TrainConfig:
-    options = dict(
-        algo=RLDTConfig(**LOOP_TINY),
-        env="toy/nav",
-        seed=3,
-        total_steps=steps,
-        eval_every=32,
-        eval_episodes=2,
-        checkpoint_every=1,
-        tensorboard=False,
-        quiet=True,
-        run_dir=str(tmp_path / "run"),
-    )
-    return TrainConfig(**(options | run))
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    drop = {"wall_time", "charts/sps"}
-    return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+    """tests/test_train.py's small run, with RLDT and an evaluation every 32 steps."""
+    run = dict(eval_every=32) | run
+    return small_config(tmp_path, RLDTConfig(**LOOP_TINY), steps=steps, **run)
 
 
 def test_trains_through_the_api(tmp_path) -> None:
     result = train(_run_config(tmp_path))
     assert result.metrics["step"] == 64  # 4 iterations of 2 envs x 8 steps
-    rows = [row for row in _rows(result.run_dir) if "loss/critic" in row]
+    rows = [row for row in metric_rows(result.run_dir) if "loss/critic" in row]
     assert len(rows) == 4
     assert "loss/alignment" not in rows[0] and rows[-1]["loss/alignment"] is not None
     config = json.loads((result.run_dir / "config.json").read_text())
@@ -634,4 +619,4 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypa
     assert checkpoint["loop"]["iteration"] == 3
     assert len(checkpoint["algo"]["replay"]["iterations"]) == 3  # the replay is checkpointed
     resumed = resume(config.run_dir).run_dir
-    assert _rows(resumed) == _rows(reference)
+    assert metric_rows(resumed) == metric_rows(reference)
