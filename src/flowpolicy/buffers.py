@@ -229,6 +229,38 @@ class TrajectoryReplay:
                 start = stop
         return TrajectoryBatch.cat(chosen)
 
+    def sample_transitions(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> TrajectoryBatch:
+        """``batch_size`` transitions drawn uniformly, with replacement, from every step of
+        every stored segment (QAM's replay sampling), as one-step segments (B, 1, ...), in the
+        order drawn.
+
+        Args:
+            batch_size: B.
+            generator: RNG for the draw (default: torch's global RNG).
+        """
+        if not self.iterations:
+            raise RuntimeError("the replay is empty; add an iteration first")
+        num_steps = self.fresh.rewards.shape[1]
+        sizes = torch.tensor([len(batch) * num_steps for batch in self.iterations])
+        ends = sizes.cumsum(0)  # (I,) one past each iteration's last transition
+        index = torch.randint(int(ends[-1]), (batch_size,), generator=generator)
+        which = torch.searchsorted(ends, index, right=True)  # iteration of each draw
+        local = index - (ends - sizes)[which]
+        parts: dict[str, list[Tensor]] = {f.name: [] for f in fields(TrajectoryBatch)}
+        rows: list[Tensor] = []
+        for i, batch in enumerate(self.iterations):
+            mine = torch.nonzero(which == i).squeeze(1)
+            if len(mine) == 0:
+                continue
+            segment, step = local[mine] // num_steps, local[mine] % num_steps
+            for name in parts:
+                parts[name].append(getattr(batch, name)[segment, step].unsqueeze(1))
+            rows.append(mine)
+        order = torch.argsort(torch.cat(rows))  # back to the order of the draw
+        return TrajectoryBatch(*(torch.cat(parts[f.name])[order] for f in fields(TrajectoryBatch)))
+
     def state_dict(self) -> dict:
         return {
             "capacity": self.capacity,

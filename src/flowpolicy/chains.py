@@ -105,6 +105,28 @@ def euler_step_gaussians(
     return means.view_as(chain[1:]), stds.reshape(chain[1:].shape)
 
 
+def euler_step_gaussian(
+    velocity: VelocityFn, noise_std: NoiseStdFn, x: Tensor, step: int, flow_steps: int
+) -> tuple[Tensor, Tensor]:
+    """Mean and std of the single noisy Euler transition k = ``step`` from its iterate ``x_k``.
+
+    ``mean_k = x_k + v(x_k, tau_k) / K``, ``std_k = noise_std(x_k, tau_k)`` with ``tau_k`` from
+    :func:`~flowpolicy.flows.time_grid`: the transition :func:`gaussian_euler_chain` samples and
+    :func:`euler_step_gaussians` evaluates, for methods that walk the grid one step at a time
+    (DPPO runs a frozen network on the early steps and re-evaluates single steps).
+
+    Args:
+        velocity, noise_std: as for :func:`gaussian_euler_chain`.
+        x: (B, A) the iterate before the step. step: k in 0 .. K-1. flow_steps: K.
+
+    Returns:
+        mean (B, A) and std (B, A).
+    """
+    tau = time_grid(flow_steps, x.device)[step].expand(x.shape[0])  # (B,)
+    mean = x + velocity(x, tau) / flow_steps
+    return mean, noise_std(x, tau).expand_as(mean)
+
+
 def gaussian_euler_chain(
     velocity: VelocityFn,
     noise_std: NoiseStdFn,

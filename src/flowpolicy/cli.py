@@ -1,11 +1,12 @@
-"""Command line: ``flowpolicy train | eval``.
+"""Command line: ``flowpolicy train | eval | collect | pretrain | plot``.
 
-    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt; --help lists options)
+    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt, reinflow, dppo, qam; --help lists options)
     flowpolicy train --resume RUN_DIR                 continue a stopped run from its checkpoint
     flowpolicy eval RUN_DIR [--episodes N]            evaluate a run in zero and random sampling
     flowpolicy collect --env ENV --out DIR [options]  train a medium expert and record a dataset
     flowpolicy pretrain --dataset PATH [options]      behaviour-clone a flow/diffusion/Gaussian
     flowpolicy pretrain --resume RUN_DIR              continue a stopped pretraining run
+    flowpolicy plot RUN_DIR [RUN_DIR ...] --out DIR   learning curves and results tables of runs
 
 Mistakes in the input (unknown env, bad hyper-parameter, unreadable run directory) print one
 paragraph saying what was wrong and what to do, and exit with code 2.
@@ -22,8 +23,15 @@ from rich.console import Console
 
 from flowpolicy.errors import UserError
 
-ALGOS = ("ppo", "fpo", "rldt")
-PRESETS = {"ppo": ("ppo",), "fpo": ("fpo", "fpo++"), "rldt": ("rldt", "rldt-gym")}
+ALGOS = ("ppo", "fpo", "rldt", "reinflow", "dppo", "qam")
+PRESETS = {
+    "ppo": ("ppo",),
+    "fpo": ("fpo", "fpo++"),
+    "rldt": ("rldt", "rldt-gym"),
+    "reinflow": ("reinflow",),
+    "dppo": ("dppo",),
+    "qam": ("qam", "qam-cpu", "qam-rldt"),
+}
 TYRO_CONFIG = (tyro.conf.OmitArgPrefixes, tyro.conf.AvoidSubcommands, tyro.conf.FlagConversionOff)
 USAGE = __doc__.split("\n\n")[1]
 
@@ -32,12 +40,22 @@ stderr = Console(stderr=True, highlight=False)
 
 def default_algo_config(algo: str, preset: str):
     """The algorithm config a preset starts from; command-line flags override its fields."""
+    from flowpolicy.algos.dppo import DPPOConfig
     from flowpolicy.algos.fpo import FPOConfig, fpo_plus_plus
     from flowpolicy.algos.ppo import PPOConfig
+    from flowpolicy.algos.qam import QAMConfig, qam_cpu, qam_rldt
+    from flowpolicy.algos.reinflow import ReinFlowConfig
     from flowpolicy.algos.rldt import RLDTConfig, rldt_gym
 
     if algo == "ppo":
         return PPOConfig()
+    if algo == "reinflow":
+        return ReinFlowConfig()
+    if algo == "dppo":
+        return DPPOConfig()
+    if algo == "qam":
+        presets = {"qam-cpu": qam_cpu, "qam-rldt": qam_rldt}
+        return presets.get(preset, QAMConfig)()
     if algo == "rldt":
         return rldt_gym() if preset == "rldt-gym" else RLDTConfig()
     return fpo_plus_plus() if preset == "fpo++" else FPOConfig()
@@ -182,6 +200,23 @@ def run_pretrain(args: list[str]) -> int:
     return 0
 
 
+def run_plot(args: list[str]) -> int:
+    """``flowpolicy plot``: options are PlotConfig's fields (docs/plot.md)."""
+    from flowpolicy.plot import PlotConfig, plot
+
+    try:
+        config = tyro.cli(PlotConfig, args=args, config=TYRO_CONFIG, prog="flowpolicy plot")
+    except ValueError as error:  # PlotConfig.__post_init__, where tyro does not report it itself
+        raise UserError(f"Invalid plot option: {error}") from error
+    output = plot(config)
+    for warning in output.warnings:
+        stderr.print(f"[bold yellow]warning:[/] {warning}")
+    print(output.table)
+    names = ", ".join(path.name for path in output.files)
+    print(f"wrote {len(output.files)} files to {config.out}: {names}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flowpolicy`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -213,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_collect(args)
         if command == "pretrain":
             return run_pretrain(args)
+        if command == "plot":
+            return run_plot(args)
         raise UserError(f"Unknown command {command!r}.\n{USAGE}")
     except UserError as error:
         stderr.print(f"[bold red]error:[/] {error}")

@@ -154,34 +154,45 @@ class QEnsemble(nn.Module):
         values = [self.reduce(self.target_values(obs, a), mode, pessimism) for a in actions]
         return torch.stack(values).mean(dim=0)
 
-    def action_gradient(self, obs: Tensor, action: Tensor) -> Tensor:
+    def action_gradient(self, obs: Tensor, action: Tensor, target: bool = False) -> Tensor:
         """``mean_e grad_a Q_e(s, a)`` at the given actions: (B, Do), (B, A) -> (B, A).
 
-        No gradient reaches the critic's parameters or the inputs' graphs.
+        ``target=True`` differentiates the target members ``Qbar_e`` instead (QAM). No gradient
+        reaches the critic's parameters or the inputs' graphs.
         """
+        nets = self.targets if target else self.members
         with torch.enable_grad():
             action = action.detach().requires_grad_(True)
-            values = self(obs.detach(), action)  # (E, B)
+            values = self._evaluate(nets, obs.detach(), action)  # (E, B)
             # Rows are independent, so the gradient of the sum is each row's own gradient.
             (gradient,) = torch.autograd.grad(values.mean(dim=0).sum(), action)
         return gradient.detach()
 
     def loss(
-        self, obs: Tensor, action: Tensor, targets: Tensor, member_of: Tensor
+        self, obs: Tensor, action: Tensor, targets: Tensor, member_of: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Sum over members of each member's mean squared TD error on *its own* rows.
 
         Members are trained on disjoint subsets of the data (RLDT splits by trajectory), which
         keeps them from agreeing on errors and makes their minimum a useful pessimistic target.
+        With ``member_of=None`` every member trains on every row and the loss is the mean over
+        members and rows (QAM's released code).
 
         Args:
             obs: (B, Do). action: (B, A). targets: (B,), no gradient.
-            member_of: (B,) integer member index of each row, in [0, E).
+            member_of: (B,) integer member index of each row, in [0, E); or None.
 
         Returns:
             (loss, metrics) with ``critic/q_mean`` and ``critic/td_error`` (RMS over members).
         """
         values = self(obs, action)  # (E, B)
+        if member_of is None:
+            squared = (values - targets.detach()).square()  # (E, B)
+            metrics = {
+                "critic/q_mean": values.detach().mean(),
+                "critic/td_error": squared.detach().mean(dim=1).sqrt().mean(),
+            }
+            return squared.mean(), metrics
         total = values.new_zeros(())
         errors, means = [], []
         for member in range(self.num_members):

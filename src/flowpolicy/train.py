@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowpolicy.algos.dppo import DPPO, DPPOConfig
 from flowpolicy.algos.fpo import FPO, FPOConfig
 from flowpolicy.algos.ppo import PPO, PPOConfig
+from flowpolicy.algos.qam import QAM, QAMConfig
+from flowpolicy.algos.reinflow import ReinFlow, ReinFlowConfig
 from flowpolicy.algos.rldt import RLDT, RLDTConfig
 from flowpolicy.buffers import RolloutBuffer
 from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -35,23 +38,29 @@ from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import evaluate_modes
 from flowpolicy.logging import Logger
-from flowpolicy.policies import FlowPolicy, GaussianPolicy
+from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
 from flowpolicy.policy_io import load_policy_from, save_policy
 
-AlgoConfig = PPOConfig | FPOConfig | RLDTConfig
+AlgoConfig = PPOConfig | FPOConfig | RLDTConfig | ReinFlowConfig | DPPOConfig | QAMConfig
 ALGORITHMS: dict[type, tuple[str, type]] = {
     PPOConfig: ("ppo", PPO),
     FPOConfig: ("fpo", FPO),
     RLDTConfig: ("rldt", RLDT),
+    ReinFlowConfig: ("reinflow", ReinFlow),
+    DPPOConfig: ("dppo", DPPO),
+    QAMConfig: ("qam", QAM),
 }
 CONFIG_CLASSES: dict[str, type] = {name: cfg for cfg, (name, _) in ALGORITHMS.items()}
-Algorithm = PPO | FPO | RLDT
-POLICY_CLASSES: dict[type, type[nn.Module]] = {
+Algorithm = PPO | FPO | RLDT | ReinFlow | DPPO | QAM
+POLICY_CLASSES: dict[type, type[nn.Module] | tuple[type[nn.Module], ...]] = {
     PPOConfig: GaussianPolicy,
     FPOConfig: FlowPolicy,
     RLDTConfig: FlowPolicy,
+    ReinFlowConfig: FlowPolicy,
+    DPPOConfig: (DiffusionPolicy, FlowPolicy),
+    QAMConfig: FlowPolicy,
 }
-"""The policy class each algorithm fine-tunes (``--init``)."""
+"""The policy class (or classes) each algorithm fine-tunes (``--init``)."""
 INIT_POLICY_NAME = "init_policy.pt"
 
 
@@ -210,31 +219,36 @@ def load_init_policy(config: TrainConfig, run_dir: Path, resume: bool) -> nn.Mod
     policy = load_policy_from(source)
     expected = POLICY_CLASSES[type(config.algo)]
     if not isinstance(policy, expected):
+        classes = expected if isinstance(expected, tuple) else (expected,)
+        names = " or ".join(cls.__name__ for cls in classes)
         raise UserError(
-            f"{config.algo_name} fine-tunes a {expected.__name__}, but {config.init} holds a "
-            f"{type(policy).__name__}. Pretrain a {expected.__name__} (`flowpolicy pretrain "
+            f"{config.algo_name} fine-tunes a {names}, but {config.init} holds a "
+            f"{type(policy).__name__}. Pretrain a {names} (`flowpolicy pretrain "
             "--policy ...`) or pick an algorithm for this policy class."
         )
     return policy
 
 
 def with_policy_settings(config: TrainConfig, policy: nn.Module | None) -> TrainConfig:
-    """The config with the pretrained policy's chunking and flow steps, which it must use."""
+    """The config with the pretrained policy's chunking and flow (or denoising) steps, which
+    it must use, and its class where the algorithm takes more than one (DPPO)."""
     if policy is None:
         return config
     fields = {f.name for f in dataclasses.fields(config.algo)}
     settings = {
         name: getattr(policy, name)
-        for name in ("chunk", "chunk_exec", "flow_steps")
+        for name in ("chunk", "chunk_exec", "flow_steps", "denoising_steps")
         if name in fields and hasattr(policy, name)
     }
+    if "policy_class" in fields:
+        settings["policy_class"] = type(policy).__name__
     try:
         return dataclasses.replace(config, algo=dataclasses.replace(config.algo, **settings))
     except ValueError as error:  # the policy's settings conflict with another option
+        described = ", ".join(f"{name} {value}" for name, value in settings.items())
         raise UserError(
-            f"The pretrained policy {config.init} (chunk {settings.get('chunk')}, chunk_exec "
-            f"{settings.get('chunk_exec')}, flow_steps {settings.get('flow_steps')}) does not fit "
-            f"the {config.algo_name} options: {error}"
+            f"The pretrained policy {config.init} ({described}) does not fit the "
+            f"{config.algo_name} options: {error}"
         ) from error
 
 

@@ -30,7 +30,6 @@ def _broad_dataset(size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _behaviour_clone(policy: FlowPolicy | DiffusionPolicy) -> FlowPolicy | DiffusionPolicy:
-    torch.manual_seed(0)
     obs, actions = _broad_dataset()
     policy.fit_normalizers(obs, actions)
     config = BCConfig(ema_start=0, ema_decay=0.9, ema_every=1, batch_size=256)
@@ -45,6 +44,7 @@ def _behaviour_clone(policy: FlowPolicy | DiffusionPolicy) -> FlowPolicy | Diffu
 
 @functools.cache
 def _cached_flow_policy(flow_steps: int) -> FlowPolicy:
+    torch.manual_seed(0)  # before construction: the initial weights are part of the result
     policy = FlowPolicy(
         2,
         BANDIT_LOW,
@@ -63,6 +63,7 @@ def _cached_flow_policy(flow_steps: int) -> FlowPolicy:
 
 @functools.cache
 def _cached_diffusion_policy(denoising_steps: int) -> DiffusionPolicy:
+    torch.manual_seed(0)  # before construction: the initial weights are part of the result
     policy = DiffusionPolicy(
         2,
         BANDIT_LOW,

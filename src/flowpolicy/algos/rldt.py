@@ -52,14 +52,22 @@ import torch
 from torch import Tensor
 
 from flowpolicy import flows
-from flowpolicy.algos.onpolicy import optimizer_step
+from flowpolicy.algos.offpolicy import (
+    CriticData,
+    RunningMeans,
+    TDSettings,
+    check_initial_policy,
+    critic_steps,
+    fresh_actions,
+    segment_members,
+)
 from flowpolicy.algos.validation import require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QEnsemble, QReduction
-from flowpolicy.errors import NonFiniteLossError, UserError
+from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
-from flowpolicy.returns import reward_scale_from_ema, td_lambda_targets, update_abs_reward_ema
+from flowpolicy.returns import reward_scale_from_ema, update_abs_reward_ema
 
 ActionGradient = Callable[[Tensor, Tensor], Tensor]
 """``grad_a Q``: normalised obs (B, Do), flat chunks (B, A) -> (B, A)."""
@@ -435,7 +443,7 @@ class RLDT:
                 squash=config.squash,
             )
         else:
-            check_initial_policy(policy, obs_dim, config)
+            check_initial_policy(policy, obs_dim, config, "RLDT")
         self.policy = policy
         self.reference = copy.deepcopy(policy).requires_grad_(False)
         self.executed_dim = config.chunk_exec * policy.action_dim
@@ -538,7 +546,7 @@ class RLDT:
         else:
             reward_scale = cfg.reward_scale
         train_actor = self.iterations >= cfg.critic_warmup_iterations
-        means = _RunningMeans()
+        means = RunningMeans()
         for _ in range(cfg.rounds):
             data = self.replay.sample_round(len(fresh), cfg.min_fresh_fraction)
             for metrics in self.critic_round(data, reward_scale, cfg.critic_steps_per_round):
@@ -564,46 +572,28 @@ class RLDT:
     def critic_round(
         self, data: TrajectoryBatch, reward_scale: float, steps: int
     ) -> list[dict[str, Tensor]]:
-        """``steps`` full-batch critic steps on one round's segments (S, T).
+        """``steps`` full-batch critic steps on one round's segments (S, T)
+        (:func:`flowpolicy.algos.offpolicy.critic_steps`).
 
         The bootstrap actions at s' are drawn once per round; the targets are recomputed at
         every step from the moving target critics. Member e trains on segments ``e, e + E, ..``.
         """
         cfg = self.config
-        num_segments, num_steps = data.rewards.shape
-        norm = self.policy.obs_norm
-        obs = norm(data.obs.flatten(0, 1))  # (S*T, Do)
-        next_obs = norm(data.next_obs.flatten(0, 1))
-        actions = data.actions.flatten(0, 1)  # (S*T, A_exec)
-        rewards = (data.rewards * reward_scale).T  # (T, S)
-        terminated, dones = data.terminated.T, data.dones.T
-        member_of = segment_members(num_segments, cfg.critic_members).repeat_interleave(num_steps)
-        with torch.no_grad():
-            next_actions = torch.stack(
-                [
-                    self._sample(next_obs)[:, : self.executed_dim]
-                    for _ in range(cfg.bootstrap_actions)
-                ]
-            )  # (M, S*T, A_exec)
-        parameters = list(self.critic.members.parameters())
-        out = []
-        for _ in range(steps):
-            bootstrap = self.critic.bootstrap_value(
-                next_obs, next_actions, cfg.target_reduction, cfg.pessimism
-            )
-            bootstrap = bootstrap.view(num_segments, num_steps).T  # (T, S)
-            if cfg.bootstrap_clip is not None:
-                bootstrap = bootstrap.clamp(*cfg.bootstrap_clip)
-            targets = td_lambda_targets(
-                rewards, bootstrap, terminated, dones, cfg.gamma, cfg.td_lambda
-            ).T.flatten()  # (S*T,)
-            loss, metrics = self.critic.loss(obs, actions, targets, member_of)
-            optimizer_step(self.critic_optimizer, loss, parameters, None)
-            self.critic.update_targets()
-            out.append(
-                metrics | {"loss/critic": loss.detach(), "critic/target_mean": targets.mean()}
-            )
-        return out
+        members = segment_members(len(data), cfg.critic_members)
+        batch = CriticData.from_segments(
+            data, self.policy.obs_norm, data.actions, reward_scale, members
+        )
+        next_actions = fresh_actions(
+            lambda obs: self._sample(obs)[:, : self.executed_dim],
+            batch.next_obs,
+            cfg.bootstrap_actions,
+        )  # (M, S*T, A_exec)
+        settings = TDSettings(
+            cfg.gamma, cfg.td_lambda, cfg.target_reduction, cfg.pessimism, cfg.bootstrap_clip
+        )
+        return critic_steps(
+            self.critic, self.critic_optimizer, batch, next_actions, steps, settings
+        )
 
     def critic_action_gradient(self, obs_normalised: Tensor, action: Tensor) -> Tensor:
         """``mean_e grad_a Q_e`` for full chunks (B, A); the critic sees only the executed part,
@@ -632,7 +622,7 @@ class RLDT:
         obs_normalised = self.policy.obs_norm(obs)
         total = obs_normalised.shape[0]
         self.actor_optimizer.zero_grad(set_to_none=True)
-        means = _RunningMeans()
+        means = RunningMeans()
         for chunk in obs_normalised.split(self.config.actor_chunk_states):
             loss, metrics = self.transport_loss(chunk, gradient_fn)
             if not torch.isfinite(loss):
@@ -728,12 +718,6 @@ class RLDT:
 # ----------------------------------------------------------------------------- helpers
 
 
-def segment_members(num_segments: int, num_members: int) -> Tensor:
-    """Critic member of each segment of a round, ``segment % E``: disjoint trajectory subsets
-    (the released code's ``traj`` split); (S,) int64."""
-    return torch.arange(num_segments) % num_members
-
-
 def actor_states(data: TrajectoryBatch, step: int, num_particles: int) -> Tensor:
     """Raw observations (B, Do) for one actor step: every state of every P-th segment of the
     round, starting at segment ``step % P`` (the released code's selection), so a step costs
@@ -745,47 +729,3 @@ def actor_states(data: TrajectoryBatch, step: int, num_particles: int) -> Tensor
     else:
         chosen = torch.arange(offset, num_segments, num_particles)
     return data.obs[chosen].flatten(0, 1)
-
-
-def check_initial_policy(policy: FlowPolicy, obs_dim: int, config: RLDTConfig) -> None:
-    """A pretrained policy must match the env and the config's chunking and flow steps."""
-    expected = {
-        "obs_dim": obs_dim,
-        "chunk": config.chunk,
-        "chunk_exec": config.chunk_exec,
-        "flow_steps": config.flow_steps,
-    }
-    wrong = {name: value for name, value in expected.items() if getattr(policy, name) != value}
-    if wrong:
-        found = ", ".join(f"{name}={getattr(policy, name)}" for name in wrong)
-        wanted = ", ".join(f"{name}={value}" for name, value in wrong.items())
-        flags = " ".join(
-            f"--{name.replace('_', '-')} {getattr(policy, name)}"
-            for name in wrong
-            if name != "obs_dim"
-        )
-        raise UserError(
-            f"The initial policy has {found}, but this run expects {wanted}. "
-            + (
-                "The policy was trained for another environment; pretrain one for this env."
-                if "obs_dim" in wrong
-                else f"Pass {flags} so the RLDT config matches the policy."
-            )
-        )
-
-
-class _RunningMeans:
-    """Weighted means of metric dicts (tensors or floats)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, metrics: dict[str, Tensor | float], weight: float = 1.0) -> None:
-        for name, value in metrics.items():
-            value = float(value.detach()) if isinstance(value, Tensor) else float(value)
-            self.sums[name] = self.sums.get(name, 0.0) + weight * value
-            self.weights[name] = self.weights.get(name, 0.0) + weight
-
-    def result(self) -> dict[str, float]:
-        return {name: total / self.weights[name] for name, total in self.sums.items()}

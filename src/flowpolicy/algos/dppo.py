@@ -1,0 +1,714 @@
+"""DPPO — Diffusion Policy Policy Optimization (Ren et al., ICLR 2025; code irom-princeton/dppo).
+
+PPO over the denoising chain (ALGORITHMS.md section 6). Sampling an action runs S Gaussian
+steps ``x_{j+1} ~ N(mu_theta(x_j, j | s), sigma_j^2)`` from noise ``x_0`` to the action ``x_S``;
+each step has a known density, so every (env step, denoising step) pair is one PPO sample:
+
+    pi_j = mean over the executed (Ta_exec, Da) elements of
+           clamp(log N(x_{j+1}; mu_theta, max(sigma_j, 0.1)^2), -5, 2),
+    r = exp(pi_j^new - pi_j^old),
+    L = -E[min(r A_i, clip(r, 1 - c_i, 1 + c_i) A_i)] + vf_coef * 0.5 E[(V(s) - R)^2],
+    A_i = gamma_d^(K' - 1 - i) * A_GAE(s),
+    c_i = c_base + (c - c_base) (exp(rate t_i) - 1) / (exp(rate) - 1),   t_i = i / (K' - 1),
+
+for denoising index ``i = 0 .. K'-1`` of the K' fine-tuned steps (i = K'-1 is the last step,
+the one that outputs the action). Only the last K' steps of the chain are trained: the first
+S - K' steps run a frozen copy of the pretrained network (:class:`DPPOPolicy`).
+
+Two chains:
+
+- ``DiffusionPolicy`` (DPPO): the DDPM reverse posterior (K = 20 steps), or DDIM with S steps
+  and eta = 1 (``ddim_steps``). Sampling stds are floored at 0.1 (exploration), log-prob stds
+  at 0.1, and per-element log-probs clamped to [-5, 2]; the clip rises from ``clip_coef_base``
+  at the first fine-tuned step to ``clip_coef`` at the last (constant 0.01 on Gym).
+- ``FlowPolicy`` (the "denoising MDP" the FPO paper ran DPPO on): every Euler step
+  ``x_{k+1} ~ N(x_k + v(x_k, tau_k) / K, 0.05^2)`` on the one time grid
+  (:func:`flowpolicy.chains.euler_step_gaussian`), exact log-densities (no floors, no
+  clamp) and a constant clip of 0.2.
+
+Cost on a CPU: the Gym defaults (40 envs x 500 chunks; 3x512 residual actor) sample 20
+network passes per chunk and then run 20 gradient steps over minibatches of 50,000 (env step,
+denoising step) pairs, each pair a forward and backward pass of the actor. Measured on one
+thread of a busy 2-core CPU at Hopper sizes: ~19 s of sampling per rollout and ~3 min of
+updates per 80k-env-step iteration (docs/dppo.md); the ReinFlow authors report ~99 s per
+Hopper iteration on a GPU.
+
+Shapes: ``T`` rollout steps, ``N`` envs, ``B`` minibatch of pairs, ``S`` chain steps, ``K'``
+fine-tuned steps, ``A = Ta * Da`` flat chunk, ``Do`` observation size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from flowpolicy import chains
+from flowpolicy.algos import onpolicy
+from flowpolicy.algos.validation import require_positive, require_range
+from flowpolicy.buffers import RolloutBatch
+from flowpolicy.critics import ValueNet
+from flowpolicy.errors import NonFiniteLossError
+from flowpolicy.nets import Activation, ResidualMLP, residual_shape
+from flowpolicy.policies import DiffusionPolicy, FlowPolicy, Network, SampleMode
+
+ChainPolicy = DiffusionPolicy | FlowPolicy
+ChainMode = Literal["zero", "random", "explore"]
+"""``zero`` / ``random``: the policy's own samplers (evaluation); ``explore``: the training
+chain (DDPM/DDIM posterior, or Euler steps with the fixed noise of the flow variant)."""
+
+
+@dataclass(frozen=True)
+class DPPOConfig:
+    """DPPO. Defaults are the authors' Gym locomotion fine-tuning config
+    (cfg/gym/finetune/hopper-v2/ft_ppo_diffusion_mlp.yaml)."""
+
+    # --- rollout and PPO ---
+    num_envs: int = 40
+    """parallel environments."""
+    num_steps: int = 500
+    """action chunks per env per rollout (500 x Ta 4 = 2000 env steps per env)."""
+    gamma: float = 0.99
+    """discount per action chunk."""
+    gae_lambda: float = 0.95
+    """GAE lambda (per chunk)."""
+    update_epochs: int = 5
+    """passes over each batch."""
+    num_minibatches: int = 4
+    """minibatches per epoch over the num_envs * num_steps * ft_denoising_steps (env step,
+    denoising step) pairs (Gym: 4 of 50,000 pairs, 20 gradient steps per iteration)."""
+    norm_adv: bool = True
+    """standardise advantages per minibatch (before the denoising discount)."""
+    actor_lr: float = 1e-4
+    """learning rate of the fine-tuned network (AdamW, constant)."""
+    critic_lr: float = 1e-3
+    """learning rate of the value network (AdamW, constant)."""
+    vf_coef: float = 0.5
+    """value loss coefficient."""
+    max_grad_norm: float | None = None
+    """clip the actor's gradient norm (None: no clipping, as on Gym)."""
+    target_kl: float | None = 1.0
+    """stop the update once a minibatch's approximate KL exceeds this (None: never)."""
+    scale_rewards: bool = True
+    """divide rewards by the running std of the discounted return (clipped to +-10)."""
+    critic_warmup_iterations: int = 0
+    """iterations that train only the critic (Gym 0, Robomimic 2)."""
+    # --- the DPPO surrogate ---
+    clip_coef: float = 0.01
+    """PPO clip at the last denoising step (diffusion chain)."""
+    clip_coef_base: float = 0.01
+    """PPO clip at the first fine-tuned step (Gym 0.01, Robomimic 0.001)."""
+    clip_coef_rate: float = 3.0
+    """rate of the exponential rise of the clip from clip_coef_base to clip_coef."""
+    gamma_denoising: float = 0.99
+    """denoising discount: the advantage of fine-tuned step i is scaled by gamma_d^(K'-1-i)."""
+    logprob_min: float = -5.0
+    """lower clamp of each per-element log-prob (diffusion chain)."""
+    logprob_max: float = 2.0
+    """upper clamp of each per-element log-prob (diffusion chain)."""
+    sampling_std_floor: float = 0.1
+    """lower bound of every sampled denoising step's std, for exploration (diffusion chain;
+    Furniture 0.04)."""
+    logprob_std_floor: float = 0.1
+    """lower bound of the std in the log-probs (diffusion chain)."""
+    noise_clip: float | None = 3.0
+    """clamp the standard-normal noise of every sampled step to +-this (None: no clamp)."""
+    # --- the chain ---
+    policy_class: Literal["DiffusionPolicy", "FlowPolicy"] = "DiffusionPolicy"
+    """the chain to fine-tune; set from the --init policy's class when fine-tuning."""
+    denoising_steps: int = 20
+    """K, DDPM steps (diffusion chain; from the --init policy when fine-tuning)."""
+    ft_denoising_steps: int = 10
+    """K', the last chain steps that are trained; the earlier ones run the frozen copy."""
+    ddim_steps: int | None = None
+    """fine-tune an S-step DDIM chain instead of the K-step DDPM one (Furniture/pixels: 5)."""
+    ddim_eta: float = 1.0
+    """DDIM noise level of the fine-tuned chain."""
+    flow_steps: int = 10
+    """K Euler steps (flow chain; from the --init policy when fine-tuning)."""
+    flow_noise_std: float = 0.05
+    """fixed std of every Euler step of the flow chain (FPO paper's denoising MDP)."""
+    flow_clip_coef: float = 0.2
+    """PPO clip of the flow chain, the same at every step (FPO paper)."""
+    chunk: int = 4
+    """Ta, actions per policy sample."""
+    chunk_exec: int = 4
+    """Ta_exec <= Ta, actions executed per policy sample (the log-probs average over these)."""
+    # --- networks built from the config (no --init) ---
+    actor_network: Network = "residual"
+    """the denoising/velocity network: residual MLP (DPPO Gym) or plain MLP."""
+    actor_hidden: tuple[int, ...] = (512, 512, 512)
+    """hidden sizes of the actor network."""
+    actor_activation: Activation = "relu"
+    """hidden activation of the actor network."""
+    time_dim: int = 16
+    """size of the actor's learned sinusoidal time embedding."""
+    critic_hidden: tuple[int, ...] = (256, 256, 256)
+    """hidden sizes of the value network."""
+    critic_activation: Activation = "mish"
+    """hidden activation of the value network."""
+    critic_residual: bool = True
+    """residual value network (DPPO's ``residual_style``; hidden must be 1 + 2n equal widths)."""
+
+    @property
+    def is_flow(self) -> bool:
+        return self.policy_class == "FlowPolicy"
+
+    @property
+    def chain_steps(self) -> int:
+        """S, the steps of the fine-tuned chain."""
+        if self.is_flow:
+            return self.flow_steps
+        return self.ddim_steps if self.ddim_steps is not None else self.denoising_steps
+
+    @property
+    def num_pairs(self) -> int:
+        """(env step, denoising step) pairs per batch."""
+        return self.num_envs * self.num_steps * self.ft_denoising_steps
+
+    def __post_init__(self) -> None:
+        require_positive(
+            self,
+            "num_envs",
+            "num_steps",
+            "update_epochs",
+            "num_minibatches",
+            "actor_lr",
+            "critic_lr",
+            "clip_coef",
+            "clip_coef_base",
+            "clip_coef_rate",
+            "flow_clip_coef",
+            "flow_noise_std",
+            "noise_clip",
+            "max_grad_norm",
+            "target_kl",
+            "denoising_steps",
+            "ft_denoising_steps",
+            "ddim_steps",
+            "flow_steps",
+            "chunk",
+            "chunk_exec",
+            "time_dim",
+        )
+        for name in ("gamma", "gae_lambda", "gamma_denoising"):
+            require_range(self, name, 0.0, 1.0)
+        for name in ("vf_coef", "sampling_std_floor", "logprob_std_floor", "ddim_eta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+        if self.critic_warmup_iterations < 0:
+            raise ValueError(
+                f"critic_warmup_iterations must be >= 0, got {self.critic_warmup_iterations}."
+            )
+        if self.logprob_min >= self.logprob_max:
+            raise ValueError(
+                f"need logprob_min < logprob_max, got {self.logprob_min} and {self.logprob_max}."
+            )
+        if self.chunk_exec > self.chunk:
+            raise ValueError(
+                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
+                "only execute actions the policy produced."
+            )
+        if self.ddim_steps is not None and self.ddim_steps > self.denoising_steps:
+            raise ValueError(
+                f"ddim_steps ({self.ddim_steps}) cannot exceed denoising_steps "
+                f"({self.denoising_steps})."
+            )
+        if self.ft_denoising_steps > self.chain_steps:
+            what = "flow_steps" if self.is_flow else "ddim_steps or denoising_steps"
+            raise ValueError(
+                f"ft_denoising_steps K' = {self.ft_denoising_steps} exceeds the chain's "
+                f"{self.chain_steps} steps ({what}); pass --ft-denoising-steps "
+                f"{self.chain_steps} or fewer."
+            )
+        if self.num_pairs % self.num_minibatches or self.num_pairs // self.num_minibatches < 2:
+            raise ValueError(
+                f"The batch of num_envs * num_steps * ft_denoising_steps = {self.num_pairs} "
+                f"(env step, denoising step) pairs does not split into num_minibatches = "
+                f"{self.num_minibatches} equal parts of at least 2. Change --num-minibatches, "
+                "--num-steps or --num-envs."
+            )
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def clip_schedule(ft_steps: int, clip_coef: float, clip_base: float, rate: float) -> Tensor:
+    """PPO clip per fine-tuned denoising index i = 0 .. K'-1; shape (K',).
+
+    ``c_i = c_base + (c - c_base) (exp(rate t_i) - 1) / (exp(rate) - 1)`` with
+    ``t_i = i / (K' - 1)``: ``c_base`` at the first fine-tuned step, ``c`` at the last. With
+    K' = 1 the single step gets ``c`` (the authors' code would give it 0 there).
+    """
+    if ft_steps == 1:
+        return torch.tensor([clip_coef])
+    t = torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
+    rise = torch.expm1(rate * t) / math.expm1(rate)
+    return (clip_base + (clip_coef - clip_base) * rise).float()
+
+
+def denoising_discounts(ft_steps: int, gamma_denoising: float) -> Tensor:
+    """``gamma_d^(K' - 1 - i)`` for i = 0 .. K'-1; shape (K',). The step that outputs the action
+    gets 1, earlier (noisier) steps less."""
+    exponents = torch.arange(ft_steps - 1, -1, -1, dtype=torch.float64)
+    return (gamma_denoising**exponents).float()
+
+
+def step_log_prob(
+    x_next: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    chunk: int,
+    chunk_exec: int,
+    std_floor: float | None = None,
+    clamp: tuple[float, float] | None = None,
+) -> Tensor:
+    """DPPO's log-prob of one denoising step: per element, clamped, averaged over the executed
+    part of the chunk.
+
+    ``mean_{t < Ta_exec, d} clamp(log N(x_next; mean, max(std, floor)^2), lo, hi)``.
+
+    Args:
+        x_next, mean, std: (..., A) with A = chunk * Da; std may broadcast.
+        chunk, chunk_exec: Ta and Ta_exec.
+        std_floor: lower bound of the std (None: none). clamp: (lo, hi) or None.
+
+    Returns:
+        (...,) one log-prob per step.
+    """
+    if std_floor is not None:
+        std = std.clamp(min=std_floor)
+    per_element = chains.gaussian_log_density(x_next, mean, std)  # (..., A)
+    if clamp is not None:
+        per_element = per_element.clamp(*clamp)
+    per_action = per_element.unflatten(-1, (chunk, -1))  # (..., Ta, Da)
+    return per_action[..., :chunk_exec, :].mean(dim=(-2, -1))
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+class DPPOPolicy(nn.Module):
+    """A chain policy split for fine-tuning: the first S - K' steps run ``base``, a frozen copy
+    of the starting network, and the last K' steps run ``actor``, the trainable copy.
+
+    ``act(obs, mode)`` is what evaluation runs: ``zero`` and ``random`` are the underlying
+    policy's own samplers (DDIM eta 0 from x = 0 / the DDPM or DDIM posterior for a
+    diffusion policy; the Euler ODE from x_0 = 0 / from noise for a flow policy), with the
+    frozen copy on the early steps. ``explore`` is the training chain (:meth:`sample_chain`).
+    Observations are normalised once, with the trainable copy's normaliser, for both copies.
+
+    Args:
+        policy: the starting DiffusionPolicy or FlowPolicy (copied twice).
+        ft_steps: K' <= S.
+        flow_noise_std: std of the explore-mode Euler steps of a flow policy.
+        noise_clip: clamp of the standard-normal noise of every sampled step (None: none).
+    """
+
+    def __init__(
+        self,
+        policy: ChainPolicy,
+        ft_steps: int,
+        flow_noise_std: float = 0.05,
+        noise_clip: float | None = 3.0,
+    ) -> None:
+        super().__init__()
+        self.base = copy.deepcopy(policy).requires_grad_(False)
+        self.actor = copy.deepcopy(policy).requires_grad_(True)
+        self.is_flow = isinstance(policy, FlowPolicy)
+        self.num_steps = policy.flow_steps if self.is_flow else policy.num_sampling_steps("random")
+        if not 1 <= ft_steps <= self.num_steps:
+            raise ValueError(
+                f"need 1 <= ft_denoising_steps <= {self.num_steps} (the policy's chain), "
+                f"got {ft_steps}"
+            )
+        self.ft_steps = ft_steps
+        self.first_trainable_step = self.num_steps - ft_steps
+        self.flow_noise_std = flow_noise_std
+        self.noise_clip = noise_clip
+
+    @property
+    def obs_norm(self) -> nn.Module:
+        return self.actor.obs_norm
+
+    @property
+    def chunk(self) -> int:
+        return self.actor.chunk
+
+    @property
+    def chunk_exec(self) -> int:
+        return self.actor.chunk_exec
+
+    @property
+    def obs_dim(self) -> int:
+        return self.actor.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.actor.action_dim
+
+    def network_for(self, step: int) -> ChainPolicy:
+        """The copy that runs chain step ``step``: frozen before S - K', trainable from it."""
+        return self.actor if step >= self.first_trainable_step else self.base
+
+    def step_gaussian(
+        self, obs_normalised: Tensor, x: Tensor, step: int, mode: ChainMode
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and std (no floors) of chain step ``step`` (0 .. S-1) from its input x (B, A)."""
+        net = self.network_for(step)
+        if not self.is_flow:
+            return net.step_gaussian(
+                obs_normalised, x, step, "zero" if mode == "zero" else "random"
+            )
+        sigma = self.flow_noise_std if mode == "explore" else 0.0
+        return chains.euler_step_gaussian(
+            lambda x_k, tau: net.velocity(obs_normalised, x_k, tau),
+            lambda x_k, _tau: torch.full_like(x_k, sigma),
+            x,
+            step,
+            self.num_steps,
+        )
+
+    def sample_chain(
+        self, obs: Tensor, mode: ChainMode, std_floor: float | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the whole chain for raw observations (B, Do).
+
+        ``x_{j+1} = mean_j + max(std_j, floor) * clamp(n_j, -c, c)``, n_j ~ N(0, I), from
+        x_0 = 0 (``zero``) or noise; ``zero`` adds no noise at all.
+
+        Returns:
+            chain (S+1, B, A), and the unfloored means (S, B, A) and stds (S, B, A).
+        """
+        obs_normalised = self.obs_norm(obs)
+        initial: SampleMode = "zero" if mode == "zero" else "random"
+        x = self.actor.initial_noise(obs.shape[0], initial, obs.device)
+        chain, means, stds = [x], [], []
+        for step in range(self.num_steps):
+            mean, std = self.step_gaussian(obs_normalised, x, step, mode)
+            if mode == "zero":
+                x = mean
+            else:
+                noise = torch.randn_like(mean)
+                if self.noise_clip is not None:
+                    noise = noise.clamp(-self.noise_clip, self.noise_clip)
+                x = mean + (std if std_floor is None else std.clamp(min=std_floor)) * noise
+            chain.append(x)
+            means.append(mean)
+            stds.append(std)
+        return torch.stack(chain), torch.stack(means), torch.stack(stds)
+
+    def env_action(self, raw_action: Tensor) -> Tensor:
+        """Raw chunk (B, A) -> executed env actions (B, Ta_exec * Da)."""
+        return self.actor.env_action(raw_action)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, mode: SampleMode = "random") -> Tensor:
+        """Env actions (B, Ta_exec * Da) for raw observations (B, Do)."""
+        chain, _, _ = self.sample_chain(obs, mode)
+        return self.env_action(chain[-1])
+
+
+# ----------------------------------------------------------------------------- the critic
+
+
+class ResidualValueNet(nn.Module):
+    """``V_phi(s)`` as DPPO's residual critic: (B, Do) normalised -> (B,)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: Activation) -> None:
+        super().__init__()
+        width, blocks = residual_shape(hidden)
+        self.net = ResidualMLP(obs_dim, 1, width, blocks, activation)
+
+    def forward(self, obs_normalised: Tensor) -> Tensor:
+        return self.net(obs_normalised).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+
+class DPPO:
+    """DPPO on a DiffusionPolicy (or the flow variant on a FlowPolicy): ``act`` during
+    rollouts, ``update`` per batch."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_low: Tensor,
+        action_high: Tensor,
+        config: DPPOConfig,
+        policy: ChainPolicy | None = None,
+    ) -> None:
+        """``policy``: a pretrained DiffusionPolicy or FlowPolicy to fine-tune (copied; its class
+        must be ``config.policy_class``; a diffusion policy is rebuilt with the config's DDPM /
+        DDIM sampler); None builds a new one from the config."""
+        self.config = config
+        if policy is None:
+            policy = self._new_policy(obs_dim, action_low, action_high)
+        elif type(policy).__name__ != config.policy_class:
+            raise ValueError(
+                f"DPPOConfig.policy_class is {config.policy_class} but the policy is a "
+                f"{type(policy).__name__}; set policy_class to match it."
+            )
+        elif isinstance(policy, DiffusionPolicy):
+            policy = self._with_sampler(policy)
+        self.policy = DPPOPolicy(
+            policy, config.ft_denoising_steps, config.flow_noise_std, config.noise_clip
+        )
+        if config.critic_residual:
+            self.critic: nn.Module = ResidualValueNet(
+                obs_dim, config.critic_hidden, config.critic_activation
+            )
+        else:
+            self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
+        self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
+        self.actor_optimizer = torch.optim.AdamW(
+            self.policy.actor.parameters(), lr=config.actor_lr, weight_decay=0.0
+        )
+        self.critic_optimizer = torch.optim.AdamW(
+            self.critic.parameters(), lr=config.critic_lr, weight_decay=0.0
+        )
+        ft = config.ft_denoising_steps
+        if config.is_flow:
+            self.clip_coefs = torch.full((ft,), config.flow_clip_coef)
+        else:
+            self.clip_coefs = clip_schedule(
+                ft, config.clip_coef, config.clip_coef_base, config.clip_coef_rate
+            )
+        self.discounts = denoising_discounts(ft, config.gamma_denoising)
+        # The flow variant's std is fixed and known: its log-probs are exact.
+        self.sampling_std_floor = None if config.is_flow else config.sampling_std_floor
+        self.logprob_std_floor = None if config.is_flow else config.logprob_std_floor
+        self.logprob_clamp = None if config.is_flow else (config.logprob_min, config.logprob_max)
+        self.iterations = 0
+
+    def _with_sampler(self, policy: DiffusionPolicy) -> DiffusionPolicy:
+        """The diffusion policy rebuilt with the config's fine-tuning sampler (DDPM, or DDIM
+        with ``ddim_steps`` and ``ddim_eta``); same weights and normalisers."""
+        cfg = self.config
+        kwargs = policy.init_kwargs | {"ddim_steps": cfg.ddim_steps, "ddim_eta": cfg.ddim_eta}
+        rebuilt = DiffusionPolicy(**kwargs)
+        rebuilt.load_state_dict(policy.state_dict())
+        return rebuilt
+
+    def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> ChainPolicy:
+        """A fresh policy built from the config (training from scratch)."""
+        cfg = self.config
+        common = dict(
+            chunk=cfg.chunk,
+            chunk_exec=cfg.chunk_exec,
+            network=cfg.actor_network,
+            hidden=cfg.actor_hidden,
+            time_dim=cfg.time_dim,
+            activation=cfg.actor_activation,
+        )
+        if cfg.is_flow:
+            return FlowPolicy(
+                obs_dim,
+                action_low,
+                action_high,
+                flow_steps=cfg.flow_steps,
+                output_scale=1.0,
+                squash="clip",
+                **common,
+            )
+        return DiffusionPolicy(
+            obs_dim,
+            action_low,
+            action_high,
+            denoising_steps=cfg.denoising_steps,
+            ddim_steps=cfg.ddim_steps,
+            ddim_eta=cfg.ddim_eta,
+            **common,
+        )
+
+    @property
+    def eval_policy(self) -> DPPOPolicy:
+        """What evaluation runs and checkpoints hold: frozen early steps, fine-tuned late ones."""
+        return self.policy
+
+    def log_probs(self, x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """DPPO's per-step log-probs (:func:`step_log_prob`) with this config's floor and clamp;
+        inputs (..., A) -> (...,)."""
+        return step_log_prob(
+            x_next,
+            mean,
+            std,
+            self.policy.chunk,
+            self.policy.chunk_exec,
+            self.logprob_std_floor,
+            self.logprob_clamp,
+        )
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample the training chain for raw observations (N, Do).
+
+        Returns env actions (N, Ta_exec * Da) and the record: ``chain`` (N, K'+1, A), the
+        fine-tuned part of the chain (its first entry is the input of the first fine-tuned
+        step, its last the action), and ``old_logprob`` (N, K').
+        """
+        chain, means, stds = self.policy.sample_chain(obs, "explore", self.sampling_std_floor)
+        first = self.policy.first_trainable_step
+        trained = chain[first:]  # (K'+1, N, A)
+        old = self.log_probs(trained[1:], means[first:], stds[first:])  # (K', N)
+        record = {"chain": trained.transpose(0, 1), "old_logprob": old.transpose(0, 1)}
+        return self.policy.env_action(chain[-1]), record
+
+    def new_log_probs(
+        self, obs_normalised: Tensor, x_prev: Tensor, x_next: Tensor, index: Tensor
+    ) -> Tensor:
+        """Log-probs under the trainable copy of the steps ``x_prev -> x_next`` at fine-tuned
+        indices ``index``: obs (B, Do), x (B, A), index (B,) -> (B,)."""
+        out = torch.zeros(index.shape[0])
+        for i in index.unique().tolist():
+            rows = (index == i).nonzero().squeeze(1)
+            step = self.policy.first_trainable_step + i
+            mean, std = self.policy.step_gaussian(
+                obs_normalised[rows], x_prev[rows], step, "explore"
+            )
+            out[rows] = self.log_probs(x_next[rows], mean, std)
+        return out
+
+    def policy_loss(
+        self,
+        obs_normalised: Tensor,
+        x_prev: Tensor,
+        x_next: Tensor,
+        index: Tensor,
+        old_log_probs: Tensor,
+        advantages: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Clipped surrogate on a minibatch of pairs: obs (B, Do), x_prev, x_next (B, A),
+        index (B,) fine-tuned denoising index, old_log_probs (B,), advantages (B,) (normalised,
+        not yet discounted). Returns (loss, metrics)."""
+        new_log_probs = self.new_log_probs(obs_normalised, x_prev, x_next, index)
+        log_ratio = new_log_probs - old_log_probs
+        ratio = log_ratio.exp()
+        adv = advantages * self.discounts[index]
+        clip = self.clip_coefs[index]
+        clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+        loss = -torch.min(ratio * adv, clipped * adv).mean()
+        with torch.no_grad():
+            metrics = {
+                "policy/ratio": ratio.mean(),
+                "policy/approx_kl": ((ratio - 1) - log_ratio).mean(),
+                "policy/clipfrac": ((ratio - 1).abs() > clip).float().mean(),
+                "policy/logprob": new_log_probs.mean(),
+            }
+        return loss, metrics
+
+    def _optimizer_step(self, loss: Tensor, train_actor: bool) -> float:
+        """Backward, then step the critic and (after the warm-up) the actor. Refuses a
+        non-finite loss. Returns the actor's gradient norm before clipping."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        limit = math.inf if self.config.max_grad_norm is None else self.config.max_grad_norm
+        grad_norm = nn.utils.clip_grad_norm_(self.policy.actor.parameters(), limit)
+        if train_actor:
+            self.actor_optimizer.step()
+        self.critic_optimizer.step()
+        return float(grad_norm)
+
+    def prepare(self, batch: RolloutBatch) -> onpolicy.PreparedBatch:
+        """Scale rewards, run GAE per action chunk, flatten to (T*N, ...)."""
+        cfg = self.config
+        obs_norm = self.policy.obs_norm
+        rewards = (
+            self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
+        )
+        values, advantages, returns = onpolicy.advantages_and_returns(
+            batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
+        )
+        return onpolicy.PreparedBatch(
+            obs=obs_norm(batch.obs).flatten(0, 1),
+            records={name: value.flatten(0, 1) for name, value in batch.records.items()},
+            advantages=advantages.flatten(),
+            returns=returns.flatten(),
+            values=values.flatten(),
+        )
+
+    def minibatch_step(
+        self, prepared: onpolicy.PreparedBatch, pairs: Tensor, train_actor: bool
+    ) -> dict[str, float]:
+        """One gradient step on the pairs with flat indices ``pairs`` (B,) into the
+        (T*N, K') grid of (env step, denoising index); returns its metrics."""
+        cfg = self.config
+        sample, index = pairs // cfg.ft_denoising_steps, pairs % cfg.ft_denoising_steps
+        chain = prepared.records["chain"]  # (T*N, K'+1, A)
+        advantages = prepared.advantages[sample]
+        if cfg.norm_adv:
+            advantages = onpolicy.normalize_advantages(advantages)
+        pg_loss, metrics = self.policy_loss(
+            prepared.obs[sample],
+            chain[sample, index],
+            chain[sample, index + 1],
+            index,
+            prepared.records["old_logprob"][sample, index],
+            advantages,
+        )
+        v_loss = onpolicy.value_loss(
+            self.critic(prepared.obs[sample]),
+            prepared.values[sample],
+            prepared.returns[sample],
+            None,
+        )
+        grad_norm = self._optimizer_step(pg_loss + cfg.vf_coef * v_loss, train_actor)
+        metrics |= {"loss/policy": pg_loss.detach(), "loss/value": v_loss.detach()}
+        return {name: float(value) for name, value in metrics.items()} | {
+            "loss/grad_norm": grad_norm
+        }
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """Epochs of minibatch DPPO over the batch's (env step, denoising step) pairs, stopped
+        early once a minibatch's approximate KL passes ``target_kl``; returns mean metrics."""
+        cfg = self.config
+        prepared = self.prepare(batch)
+        train_actor = self.iterations >= cfg.critic_warmup_iterations
+        history: list[dict[str, float]] = []
+        stopped = False
+        for _ in range(cfg.update_epochs):
+            for pairs in onpolicy.minibatch_indices(cfg.num_pairs, cfg.num_minibatches):
+                history.append(self.minibatch_step(prepared, pairs, train_actor))
+                kl = history[-1]["policy/approx_kl"]
+                stopped = cfg.target_kl is not None and kl > cfg.target_kl
+                if stopped:
+                    break  # as in the authors' code, the KL stop ends the whole update
+            if stopped:
+                break
+        out = {name: sum(step[name] for step in history) / len(history) for name in history[0]}
+        self.policy.obs_norm.update(batch.obs)
+        self.iterations += 1
+        out["critic/explained_variance"] = onpolicy.explained_variance(
+            prepared.values, prepared.returns
+        )
+        out["charts/gradient_steps"] = float(len(history))
+        out["charts/actor_lr"] = self.actor_optimizer.param_groups[0]["lr"]
+        out["charts/critic_lr"] = self.critic_optimizer.param_groups[0]["lr"]
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "iterations": self.iterations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.iterations = state["iterations"]

@@ -1,0 +1,219 @@
+"""Pieces the iteration-batched off-policy methods (RLDT, QAM) share: the critic's TD steps on
+replayed trajectory segments, the member split, the check of a pretrained policy, and running
+means of metrics. Each algorithm file keeps only what is its own (its actor update).
+
+One critic step (:func:`critic_steps`) on segments (S, T) of the replay:
+
+    y_t = r_t + gamma (1 - term_t) [(1 - lambda) Qbar_t + lambda y_{t+1}]      (TD(lambda))
+    Qbar_t = mean_m reduce_e Qbar_e(s'_t, a'_m)                                 (fresh actions a')
+    L = sum over members of each member's MSE on its own rows
+
+then a Polyak step of the target members. With segments of one step (random transitions,
+QAM's paper regime) the target is the 1-step ``r + gamma (1 - term) Qbar(s', a')``.
+
+Shapes: ``S`` segments, ``T`` steps per segment, ``M`` bootstrap actions per next state,
+``A_exec`` executed flat chunk (what the critic sees), ``Do`` observation size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flowpolicy.algos.onpolicy import optimizer_step
+from flowpolicy.buffers import TrajectoryBatch
+from flowpolicy.critics import QEnsemble, QReduction
+from flowpolicy.errors import UserError
+from flowpolicy.returns import td_lambda_targets
+
+
+@dataclass(frozen=True)
+class TDSettings:
+    """How the TD targets are formed from the target critics.
+
+    Attributes:
+        gamma: discount per vector step (per executed chunk).
+        td_lambda: lambda of TD(lambda); 0 is the 1-step target.
+        reduction: how target members combine (min, mean, pessimistic = mean - rho std).
+        pessimism: rho of the pessimistic reduction.
+        bootstrap_clip: clip the bootstrap values into [low, high]; None: no clip.
+    """
+
+    gamma: float
+    td_lambda: float = 0.0
+    reduction: QReduction = "min"
+    pessimism: float = 0.5
+    bootstrap_clip: tuple[float, float] | None = None
+
+
+@dataclass
+class CriticData:
+    """Replayed segments flattened for critic steps.
+
+    Attributes:
+        obs: (S*T, Do) normalised observations.
+        actions: (S*T, A_exec) what the critic is trained on.
+        next_obs: (S*T, Do) normalised true next observations.
+        rewards: (T, S) scaled rewards, time first (for TD(lambda)).
+        terminated: (T, S). dones: (T, S).
+        member_of: (S*T,) the critic member each row trains, or None: every member every row.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    next_obs: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    dones: Tensor
+    member_of: Tensor | None
+
+    @classmethod
+    def from_segments(
+        cls,
+        data: TrajectoryBatch,
+        obs_norm: Callable[[Tensor], Tensor],
+        actions: Tensor,
+        reward_scale: float,
+        segment_member: Tensor | None,
+    ) -> CriticData:
+        """Flatten segments (S, T).
+
+        Args:
+            data: the segments. obs_norm: the policy's observation normaliser.
+            actions: (S, T, A_exec) the critic's action inputs for ``data``.
+            reward_scale: multiplier of the raw rewards.
+            segment_member: (S,) member of each segment (see :func:`segment_members`), or
+                None to train every member on every row.
+        """
+        num_steps = data.rewards.shape[1]
+        member_of = None if segment_member is None else segment_member.repeat_interleave(num_steps)
+        return cls(
+            obs=obs_norm(data.obs.flatten(0, 1)),
+            actions=actions.flatten(0, 1),
+            next_obs=obs_norm(data.next_obs.flatten(0, 1)),
+            rewards=(data.rewards * reward_scale).T,
+            terminated=data.terminated.T,
+            dones=data.dones.T,
+            member_of=member_of,
+        )
+
+
+def segment_members(num_segments: int, num_members: int) -> Tensor:
+    """Critic member of each segment of a round, ``segment % E``: disjoint trajectory subsets
+    (the RLDT released code's ``traj`` split); (S,) int64."""
+    return torch.arange(num_segments) % num_members
+
+
+@torch.no_grad()
+def fresh_actions(sample: Callable[[Tensor], Tensor], next_obs: Tensor, count: int) -> Tensor:
+    """``count`` policy actions per next state for the bootstrap: (M, B, A_exec).
+
+    Args:
+        sample: normalised observations (B, Do) -> the critic's action inputs (B, A_exec).
+        next_obs: (B, Do) normalised.
+        count: M.
+    """
+    return torch.stack([sample(next_obs) for _ in range(count)])
+
+
+def td_targets(
+    critic: QEnsemble, data: CriticData, next_actions: Tensor, settings: TDSettings
+) -> Tensor:
+    """TD(lambda) targets (S*T,) from the current target members (no gradient)."""
+    num_steps, num_segments = data.rewards.shape
+    bootstrap = critic.bootstrap_value(
+        data.next_obs, next_actions, settings.reduction, settings.pessimism
+    )
+    bootstrap = bootstrap.view(num_segments, num_steps).T  # (T, S)
+    if settings.bootstrap_clip is not None:
+        bootstrap = bootstrap.clamp(*settings.bootstrap_clip)
+    targets = td_lambda_targets(
+        data.rewards, bootstrap, data.terminated, data.dones, settings.gamma, settings.td_lambda
+    )
+    return targets.T.flatten()
+
+
+def critic_steps(
+    critic: QEnsemble,
+    optimizer: torch.optim.Optimizer,
+    data: CriticData,
+    next_actions: Tensor,
+    steps: int,
+    settings: TDSettings,
+    max_grad_norm: float | None = None,
+) -> list[dict[str, Tensor]]:
+    """``steps`` full-batch critic steps on one set of segments.
+
+    The bootstrap actions are fixed for all steps; the targets are recomputed at every step
+    from the moving target members, and every step ends with a Polyak step of the targets.
+
+    Args:
+        critic: the ensemble. optimizer: over ``critic.members``.
+        data: the flattened segments. next_actions: (M, S*T, A_exec) from :func:`fresh_actions`.
+        steps: gradient steps. settings: the target's form.
+        max_grad_norm: clip the critic's gradient norm (None: no clipping).
+
+    Returns:
+        Each step's metrics: ``loss/critic``, ``critic/q_mean``, ``critic/td_error``,
+        ``critic/target_mean``, and ``critic/grad_norm`` when clipping.
+    """
+    parameters = list(critic.members.parameters())
+    out = []
+    for _ in range(steps):
+        targets = td_targets(critic, data, next_actions, settings)
+        loss, metrics = critic.loss(data.obs, data.actions, targets, data.member_of)
+        grad_norm = optimizer_step(optimizer, loss, parameters, max_grad_norm)
+        critic.update_targets()
+        metrics = metrics | {"loss/critic": loss.detach(), "critic/target_mean": targets.mean()}
+        if max_grad_norm is not None:
+            metrics["critic/grad_norm"] = grad_norm
+        out.append(metrics)
+    return out
+
+
+def check_initial_policy(policy: nn.Module, obs_dim: int, config: Any, algo_name: str) -> None:
+    """A pretrained policy must match the env and the config's chunking and flow steps."""
+    expected = {
+        "obs_dim": obs_dim,
+        "chunk": config.chunk,
+        "chunk_exec": config.chunk_exec,
+        "flow_steps": config.flow_steps,
+    }
+    wrong = {name: value for name, value in expected.items() if getattr(policy, name) != value}
+    if wrong:
+        found = ", ".join(f"{name}={getattr(policy, name)}" for name in wrong)
+        wanted = ", ".join(f"{name}={value}" for name, value in wrong.items())
+        flags = " ".join(
+            f"--{name.replace('_', '-')} {getattr(policy, name)}"
+            for name in wrong
+            if name != "obs_dim"
+        )
+        raise UserError(
+            f"The initial policy has {found}, but this run expects {wanted}. "
+            + (
+                "The policy was trained for another environment; pretrain one for this env."
+                if "obs_dim" in wrong
+                else f"Pass {flags} so the {algo_name} config matches the policy."
+            )
+        )
+
+
+class RunningMeans:
+    """Weighted means of metric dicts (tensors or floats)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, Tensor | float], weight: float = 1.0) -> None:
+        for name, value in metrics.items():
+            value = float(value.detach()) if isinstance(value, Tensor) else float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + weight * value
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        return {name: total / self.weights[name] for name, total in self.sums.items()}
