@@ -13,8 +13,9 @@ for env in "$@"; do
   if [ ! -f "$out/data/dataset.hdf5" ]; then
     $FLOWPOLICY collect --env "$env" --out "$out/data" --seed 0 --transitions 200000
   fi
-  # 2. Behaviour cloning of a flow policy (CFM) and of a Gaussian baseline on that data.
-  for policy in flow gaussian; do
+  # 2. Behaviour cloning on that data: a flow policy (CFM), a DDPM diffusion policy (what DPPO
+  #    fine-tunes) and a Gaussian baseline.
+  for policy in flow diffusion gaussian; do
     run="$out/bc-$policy"
     if [ -f "$run/checkpoint.pt" ] && [ ! -f "$run/done.json" ]; then
       $FLOWPOLICY pretrain --resume "$run"
