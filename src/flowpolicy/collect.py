@@ -52,20 +52,17 @@ MEDIUM_TARGETS: dict[str, float] = {
     # stop_at_return). D4RL's "medium" experts were SAC policies stopped at about a third of
     # expert performance; we aim at a third to a half of what a full 1M-step run of the
     # library's Gaussian PPO reaches, so the expert is clearly competent but far from optimal.
-    # PROVISIONAL: only Hopper rests on a run made here; revisit all three after the reference
-    # collections (docs/collect.md).
+    # All three rest on full 1M-step runs of our PPO, seed 0, zero-sampling evaluation
+    # (docs/collect.md).
     #
-    # Hopper: measured, our PPO reaches 3625 at 1M steps (docs/benchmarks/from_scratch.md), so
-    # 1500 is ~0.4 of it; D4RL hopper-medium data averages ~1400-1500.
+    # Hopper: 3625 at 1M steps (docs/benchmarks/from_scratch.md): 1500 is ~0.4 of it; D4RL
+    # hopper-medium data averages ~1400-1500.
     "Hopper-v5": 1500.0,
-    # Walker2d: not measured here. CleanRL's PPO ends 8M-step runs at ~2900 (v4) / ~3200 (v2)
-    # training-episode return; we estimate ~3000-4000 for our deterministic evaluation at 1M,
-    # so 1500 is ~0.4-0.5 of it. D4RL walker2d-medium (~3000) came from a SAC expert.
+    # Walker2d: 3352 +/- 2490 at 1M (peak 5555 at 800k): 1500 is ~0.45 of the final return.
     "Walker2d-v5": 1500.0,
-    # HalfCheetah: not measured here. PPO does much worse than SAC: CleanRL's ends 8M-step runs
-    # at ~2600 with a large spread over seeds; we estimate ~1500-2500 at 1M, so 1000 is
-    # ~0.4-0.6 of it. D4RL halfcheetah-medium (~4700) came from SAC, out of PPO's reach.
-    "HalfCheetah-v5": 1000.0,
+    # HalfCheetah: 4226 +/- 231 at 1M: 1700 is ~0.4 of it. (The earlier provisional 1000 was
+    # only ~0.24.) D4RL halfcheetah-medium (~4700) came from a SAC expert.
+    "HalfCheetah-v5": 1700.0,
 }
 """Per-env target returns of the "medium" expert; other envs need ``target_return``."""
 
