@@ -250,6 +250,8 @@ def plan(
             eval_episodes=eval_episodes or base.eval_episodes,
         )
         for name in names:
+            if protocol.method(name).envs is not None and env not in protocol.method(name).envs:
+                continue  # this method is only benchmarked on some envs
             for seed in protocol.seeds if seeds is None else seeds:
                 run_dir = root.resolve() / path_safe(env) / name / f"seed{seed}"
                 runs.append(Run(protocol.name, env, protocol.method(name), seed, budget, run_dir))

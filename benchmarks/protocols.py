@@ -66,6 +66,8 @@ class Method:
     it takes the same per-run flags, and its runs cannot be resumed (they restart)."""
     source: str = ""
     """where the settings come from (shown in the results page)."""
+    envs: tuple[str, ...] | None = None
+    """the only envs this method runs on (None: every env of the protocol)."""
 
     def __post_init__(self) -> None:
         if bool(self.train) == bool(self.script):
@@ -121,6 +123,7 @@ FROM_SCRATCH = Protocol(
             "sb3-ppo",
             script="benchmarks/sb3_ppo.py",
             source="stable-baselines3 PPO, its defaults (benchmarks/sb3_ppo.py)",
+            envs=("Hopper-v5",),  # the outside reference the core issue asks for, on Hopper
         ),
     ),
     # Hopper at the CleanRL / SB3 budget; two DMC tasks from the FPO paper's list (its budget was

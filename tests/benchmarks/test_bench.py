@@ -83,7 +83,8 @@ def test_every_protocol_is_a_command_line_choice() -> None:
 
 def test_protocol_defaults_and_unlisted_env(tmp_path: Path) -> None:
     runs = plan(FROM_SCRATCH, tmp_path, envs=["dmc/cheetah-run", "Walker2d-v5"])
-    assert len(runs) == 2 * len(FROM_SCRATCH.methods) * len(FROM_SCRATCH.seeds)
+    everywhere = [m for m in FROM_SCRATCH.methods if m.envs is None]  # sb3-ppo: Hopper only
+    assert len(runs) == 2 * len(everywhere) * len(FROM_SCRATCH.seeds)
     assert runs[0].run_dir.parts[-3] == "dmc_cheetah-run"  # path-safe env folder
     assert runs[0].budget == FROM_SCRATCH.budgets["dmc/cheetah-run"]
     assert runs[-1].budget == FROM_SCRATCH.default_budget
@@ -409,3 +410,18 @@ def test_unknown_method_exits_with_code_2(tmp_path: Path) -> None:
     result = subprocess.run(command + ["--collect-only", "--docs-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2 and "Unknown method(s) x" in result.stderr
+
+
+def test_a_method_limited_to_some_envs_is_planned_only_there(tmp_path):
+    runs = bench.plan(
+        PROTOCOLS["from_scratch"],
+        tmp_path,
+        envs=("Hopper-v5", "dmc/cartpole-balance"),
+        methods=("ppo", "sb3-ppo"),
+        seeds=(0,),
+    )
+    assert [(r.env, r.method.name) for r in runs] == [
+        ("Hopper-v5", "ppo"),
+        ("Hopper-v5", "sb3-ppo"),
+        ("dmc/cartpole-balance", "ppo"),
+    ]
