@@ -54,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -737,12 +737,12 @@ def run_protocol(
     return collected
 
 
-def main(args: Args) -> None:
-    """``bench.py PROTOCOL [options]``."""
-    protocol = PROTOCOLS[args.protocol]
+def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
+    """Plan the selection of ``args`` (this script's or from_scratch.py's Args: the same
+    selection and running options) under ``root``, then run what is missing and collect."""
     runs = plan(
         protocol,
-        args.runs_root / protocol.name,
+        root,
         envs=args.envs,
         methods=args.methods,
         seeds=args.seeds,
@@ -758,6 +758,12 @@ def main(args: Args) -> None:
         nice=args.nice,
         collect_only=args.collect_only,
     )
+
+
+def main(args: Args) -> None:
+    """``bench.py PROTOCOL [options]``."""
+    protocol = PROTOCOLS[args.protocol]
+    plan_and_run(protocol, args.runs_root / protocol.name, args)
 
 
 def cli(main_function, args_class) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bench import cli, plan, run_protocol
+from bench import cli, plan_and_run
 from protocols import FROM_SCRATCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,24 +72,7 @@ class Args:
 
 def main(args: Args) -> None:
     """Run what is missing (unless ``--collect-only``), then collect, tabulate and plot."""
-    runs = plan(
-        FROM_SCRATCH,
-        args.runs_root,
-        envs=args.envs,
-        methods=args.methods,
-        seeds=args.seeds,
-        steps=args.steps,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-    )
-    run_protocol(
-        FROM_SCRATCH,
-        runs,
-        docs_dir=args.docs_dir,
-        jobs=args.jobs,
-        nice=args.nice,
-        collect_only=args.collect_only,
-    )
+    plan_and_run(FROM_SCRATCH, args.runs_root, args)
 
 
 if __name__ == "__main__":

@@ -619,21 +619,12 @@ class DPPO:
         return float(grad_norm)
 
     def prepare(self, batch: RolloutBatch) -> onpolicy.PreparedBatch:
-        """Scale rewards, run GAE per action chunk, flatten to (T*N, ...)."""
+        """Scale rewards, run GAE per action chunk, flatten to (T*N, ...) (constant learning
+        rates, so nothing to schedule)."""
         cfg = self.config
-        obs_norm = self.policy.obs_norm
-        rewards = (
-            self.reward_scaler(batch.rewards, batch.dones) if cfg.scale_rewards else batch.rewards
-        )
-        values, advantages, returns = onpolicy.advantages_and_returns(
-            batch, self.critic, obs_norm, rewards, cfg.gamma, cfg.gae_lambda
-        )
-        return onpolicy.PreparedBatch(
-            obs=obs_norm(batch.obs).flatten(0, 1),
-            records={name: value.flatten(0, 1) for name, value in batch.records.items()},
-            advantages=advantages.flatten(),
-            returns=returns.flatten(),
-            values=values.flatten(),
+        scaler = self.reward_scaler if cfg.scale_rewards else None
+        return onpolicy.advantages_batch(
+            batch, self.critic, self.policy.obs_norm, scaler, cfg.gamma, cfg.gae_lambda
         )
 
     def minibatch_step(

@@ -1,5 +1,5 @@
-"""Pieces the iteration-batched off-policy methods (RLDT, QAM) share: the critic's TD steps on
-replayed trajectory segments, the member split, the check of a pretrained policy, and running
+"""Pieces the iteration-batched off-policy methods (RLDT, QAM) share: the Q ensemble and its
+optimiser, the critic's TD steps on replayed trajectory segments, the member split, the check of a pretrained policy, and running
 means of metrics. Each algorithm file keeps only what is its own (its actor update).
 
 One critic step (:func:`critic_steps`) on segments (S, T) of the replay:
@@ -100,6 +100,29 @@ class CriticData:
             dones=data.dones.T,
             member_of=member_of,
         )
+
+
+def q_ensemble_and_optimizer(
+    obs_dim: int, executed_dim: int, config: Any
+) -> tuple[QEnsemble, torch.optim.AdamW]:
+    """The Q ensemble over (s, executed chunk) and its AdamW, from a config's ``critic_*``
+    fields (``critic_members``, ``critic_hidden``, ``critic_activation``,
+    ``critic_layer_norm``, ``critic_init_std``, ``target_decay``, ``critic_lr``,
+    ``critic_weight_decay``), which RLDTConfig and QAMConfig both carry."""
+    critic = QEnsemble(
+        obs_dim,
+        executed_dim,
+        config.critic_members,
+        config.critic_hidden,
+        config.critic_activation,
+        config.critic_layer_norm,
+        config.critic_init_std,
+        config.target_decay,
+    )
+    optimizer = torch.optim.AdamW(
+        critic.members.parameters(), lr=config.critic_lr, weight_decay=config.critic_weight_decay
+    )
+    return critic, optimizer
 
 
 def segment_members(num_segments: int, num_members: int) -> Tensor:

@@ -160,6 +160,28 @@ class PreparedBatch:
     values: Tensor
 
 
+def advantages_batch(
+    batch: RolloutBatch,
+    critic: ValueNet,
+    obs_norm: RunningNorm,
+    reward_scaler: ReturnScaler | None,
+    gamma: float,
+    gae_lambda: float,
+) -> PreparedBatch:
+    """Scale rewards (if a scaler is given), run GAE, and flatten the batch to (T*N, ...)."""
+    rewards = batch.rewards if reward_scaler is None else reward_scaler(batch.rewards, batch.dones)
+    values, advantages, returns = advantages_and_returns(
+        batch, critic, obs_norm, rewards, gamma, gae_lambda
+    )
+    return PreparedBatch(
+        obs=obs_norm(batch.obs).flatten(0, 1),
+        records={name: value.flatten(0, 1) for name, value in batch.records.items()},
+        advantages=advantages.flatten(),
+        returns=returns.flatten(),
+        values=values.flatten(),
+    )
+
+
 def prepare_batch(
     batch: RolloutBatch,
     critic: ValueNet,
@@ -168,20 +190,10 @@ def prepare_batch(
     optimizer: torch.optim.Optimizer,
     config: Any,
 ) -> PreparedBatch:
-    """Scale rewards, run GAE, set the (annealed) learning rate, and flatten the batch."""
-    rewards = batch.rewards if reward_scaler is None else reward_scaler(batch.rewards, batch.dones)
-    values, advantages, returns = advantages_and_returns(
-        batch, critic, obs_norm, rewards, config.gamma, config.gae_lambda
-    )
+    """:func:`advantages_batch`, plus the (annealed) learning rate of a single-lr optimiser."""
     for group in optimizer.param_groups:
         group["lr"] = annealed_lr(config.learning_rate, batch.progress, config.anneal_lr)
-    return PreparedBatch(
-        obs=obs_norm(batch.obs).flatten(0, 1),
-        records={name: value.flatten(0, 1) for name, value in batch.records.items()},
-        advantages=advantages.flatten(),
-        returns=returns.flatten(),
-        values=values.flatten(),
-    )
+    return advantages_batch(batch, critic, obs_norm, reward_scaler, config.gamma, config.gae_lambda)
 
 
 def critic_loss_and_step(

@@ -56,13 +56,14 @@ from flowpolicy.algos.offpolicy import (
     check_initial_policy,
     critic_steps,
     fresh_actions,
+    q_ensemble_and_optimizer,
     segment_members,
 )
 from flowpolicy.algos.onpolicy import optimizer_step
 from flowpolicy.algos.rldt import RLDTConfig, constraint_loss
 from flowpolicy.algos.validation import require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
-from flowpolicy.critics import QEnsemble, QReduction
+from flowpolicy.critics import QReduction
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
 from flowpolicy.returns import reward_scale_from_ema, update_abs_reward_ema
@@ -521,20 +522,8 @@ class QAM:
         self.base = copy.deepcopy(policy).requires_grad_(False)
         self.bc_policy = copy.deepcopy(policy) if config.base == "bc" else None
         self.executed_dim = config.chunk_exec * policy.action_dim
-        self.critic = QEnsemble(
-            obs_dim,
-            self.executed_dim,
-            config.critic_members,
-            config.critic_hidden,
-            config.critic_activation,
-            config.critic_layer_norm,
-            config.critic_init_std,
-            config.target_decay,
-        )
-        self.critic_optimizer = torch.optim.AdamW(
-            self.critic.members.parameters(),
-            lr=config.critic_lr,
-            weight_decay=config.critic_weight_decay,
+        self.critic, self.critic_optimizer = q_ensemble_and_optimizer(
+            obs_dim, self.executed_dim, config
         )
         self.actor_optimizer = torch.optim.Adam(self.actor_parameters(), lr=config.actor_lr)
         self.td_settings = TDSettings(

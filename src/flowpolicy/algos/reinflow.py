@@ -566,22 +566,12 @@ class ReinFlow:
         )
 
     def prepare(self, batch: RolloutBatch) -> onpolicy.PreparedBatch:
-        """Scale rewards, run GAE and flatten the batch to (T*N, ...)."""
-        rewards = (
-            self.reward_scaler(batch.rewards, batch.dones)
-            if self.config.scale_rewards
-            else batch.rewards
-        )
-        obs_norm = self.policy.obs_norm
-        values, advantages, returns = onpolicy.advantages_and_returns(
-            batch, self.critic, obs_norm, rewards, self.config.gamma, self.config.gae_lambda
-        )
-        return onpolicy.PreparedBatch(
-            obs=obs_norm(batch.obs).flatten(0, 1),
-            records={name: value.flatten(0, 1) for name, value in batch.records.items()},
-            advantages=advantages.flatten(),
-            returns=returns.flatten(),
-            values=values.flatten(),
+        """Scale rewards, run GAE and flatten the batch to (T*N, ...); the learning rates are
+        set by :meth:`update` (two groups on their own schedule)."""
+        cfg = self.config
+        scaler = self.reward_scaler if cfg.scale_rewards else None
+        return onpolicy.advantages_batch(
+            batch, self.critic, self.policy.obs_norm, scaler, cfg.gamma, cfg.gae_lambda
         )
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:

@@ -59,11 +59,12 @@ from flowpolicy.algos.offpolicy import (
     check_initial_policy,
     critic_steps,
     fresh_actions,
+    q_ensemble_and_optimizer,
     segment_members,
 )
 from flowpolicy.algos.validation import require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
-from flowpolicy.critics import QEnsemble, QReduction
+from flowpolicy.critics import QReduction
 from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
@@ -447,20 +448,8 @@ class RLDT:
         self.policy = policy
         self.reference = copy.deepcopy(policy).requires_grad_(False)
         self.executed_dim = config.chunk_exec * policy.action_dim
-        self.critic = QEnsemble(
-            obs_dim,
-            self.executed_dim,
-            config.critic_members,
-            config.critic_hidden,
-            config.critic_activation,
-            config.critic_layer_norm,
-            config.critic_init_std,
-            config.target_decay,
-        )
-        self.critic_optimizer = torch.optim.AdamW(
-            self.critic.members.parameters(),
-            lr=config.critic_lr,
-            weight_decay=config.critic_weight_decay,
+        self.critic, self.critic_optimizer = q_ensemble_and_optimizer(
+            obs_dim, self.executed_dim, config
         )
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.actor_scheduler = torch.optim.lr_scheduler.LinearLR(
