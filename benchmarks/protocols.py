@@ -165,9 +165,12 @@ FINETUNE = Protocol(
     methods=(
         Method(
             "rldt",
-            ("rldt", "--preset", "rldt-gym"),
+            ("rldt",),
             BC_FLOW,
-            source="rldt_gym(): the authors' Gym regime (docs/rldt.md)",
+            # rldt-gym collects 200k env steps per iteration: 500k would be two critic warm-up
+            # iterations and one actor iteration. The CPU defaults take 10k per iteration (50).
+            source="RLDTConfig defaults: the authors' Gym settings, 10k env steps per iteration "
+            "(docs/rldt.md)",
         ),
         Method("fpo", ("fpo",), BC_FLOW, source="FPOConfig defaults (docs/fpo.md)"),
         Method(
