@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flowpolicy import results as _results
-from flowpolicy.plot import Panel, learning_curve_figure, save_figure
+from flowpolicy.plot import Panel, format_returns, learning_curve_figure, save_figure
 from flowpolicy.results import (
     EVAL_MODES,
     Curve,
@@ -95,7 +95,7 @@ def plot_learning_curves(
 
 
 def _pm(mean: float, std: float) -> str:
-    return f"{mean:.1f} ± {std:.1f}"
+    return " ± ".join(format_returns(mean, std))
 
 
 def markdown_table(summaries: Sequence[Summary]) -> str:
@@ -123,10 +123,10 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
 
 
 def _bc_to_final(summary: Summary, mode: str) -> str:
-    """``"1563.0 → 1819.0"`` (BC return, then final return), or ``—`` for a run from scratch."""
+    """``"1563.0 → 1819.0"`` (BC return, then final return; 3 decimals below 10), or ``—`` for a run from scratch."""
     if summary.bc_return_mean is None:
         return "—"
-    return f"{summary.bc_return_mean[mode]:.1f} → {summary.return_mean[mode]:.1f}"
+    return " → ".join(format_returns(summary.bc_return_mean[mode], summary.return_mean[mode]))
 
 
 def markdown_seed_table(summaries: Sequence[Summary]) -> str:
@@ -147,11 +147,12 @@ def markdown_seed_table(summaries: Sequence[Summary]) -> str:
         for r in s.per_seed:
             cpu = "n/a" if r.get("cpu_time") is None else f"{r['cpu_time']:,.0f}"
             bc = "".join(
-                f"| {r[key]:.1f} " if key in r else "| — "
+                f"| {format_returns(r[key])[0]} " if key in r else "| — "
                 for key in (("bc_return_zero", "bc_return_random") if with_bc else ())
             )
             lines.append(
-                f"| {s.method} | {r['seed']} | {r['return_zero']:.1f} | {r['return_random']:.1f} "
+                f"| {s.method} | {r['seed']} | {format_returns(r['return_zero'])[0]} "
+                f"| {format_returns(r['return_random'])[0]} "
                 f"{bc}| {r['wall_time']:,.0f} | {cpu} | {r['steps_per_second']:,.0f} |"
             )
     return "\n".join(lines)

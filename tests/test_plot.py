@@ -14,6 +14,7 @@ from flowpolicy.plot import (
     Panel,
     PlotConfig,
     draw_panel,
+    format_returns,
     learning_curve_figure,
     panels_from_runs,
     plot,
@@ -179,3 +180,10 @@ def test_plot_help_documents_the_options(capsys) -> None:
     text = capsys.readouterr().out
     for option in ("--out", "--label", "--mode", "--format", "--band", "RUN_DIR"):
         assert option in text
+
+
+def test_format_returns_keeps_toy_rewards_readable() -> None:
+    # a cell's numbers share one precision: three decimals only when all are below 10
+    assert format_returns(0.991, 0.0042) == ["0.991", "0.004"]
+    assert format_returns(1563.04, 5.0) == ["1563.0", "5.0"]
+    assert format_returns(None, float("nan"), 0.5) == ["n/a", "n/a", "0.500"]

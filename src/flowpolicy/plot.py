@@ -267,8 +267,16 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def format_returns(*values: float | None) -> list[str]:
+    """Format returns that share a cell with one decimal, or three when every finite one is
+    below 10 in magnitude (toy rewards in [0, 1] would otherwise all read 0.0 or 1.0)."""
+    finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
+    spec = ".3f" if finite and max(finite) < 10 else ".1f"
+    return [_fmt(v, spec) for v in values]
+
+
 def _pm(mean: float, std: float) -> str:
-    return f"{_fmt(mean)} ± {_fmt(std)}"
+    return " ± ".join(format_returns(mean, std))
 
 
 def _seeds_cell(summary: Summary) -> str:
@@ -293,7 +301,7 @@ def results_table(summaries: Sequence[Summary], modes: Sequence[str] = EVAL_MODE
             cells += [
                 "—"
                 if s.bc_return_mean is None
-                else f"{_fmt(s.bc_return_mean[mode])} → {_fmt(s.return_mean[mode])}"
+                else " → ".join(format_returns(s.bc_return_mean[mode], s.return_mean[mode]))
                 for mode in modes
             ]
         cells += [_fmt(s.wall_time_mean, ",.0f"), _fmt(s.steps_per_second_mean, ",.0f")]
@@ -313,9 +321,9 @@ def runs_table(summaries: Sequence[Summary], modes: Sequence[str] = EVAL_MODES) 
         for r in s.per_seed:
             cells = [s.env, s.method, str(r["seed"]), "yes" if r["finished"] else "no"]
             cells += [_fmt(r["final_step"], ",.0f")]
-            cells += [_fmt(r[f"return_{mode}"]) for mode in modes]
+            cells += [format_returns(r[f"return_{mode}"])[0] for mode in modes]
             if with_bc:
-                cells += [_fmt(r.get(f"bc_return_{mode}")) for mode in modes]
+                cells += [format_returns(r.get(f"bc_return_{mode}"))[0] for mode in modes]
             cells += [_fmt(r["wall_time"], ",.0f"), _fmt(r["steps_per_second"], ",.0f")]
             cells += [f"`{r['run_dir']}`"]
             lines.append("| " + " | ".join(cells) + " |")
