@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flowpolicy import results as _results
-from flowpolicy.plot import Panel, format_returns, learning_curve_figure, save_figure
+from flowpolicy.plot import (
+    Panel,
+    format_mean_std,
+    format_returns,
+    learning_curve_figure,
+    save_figure,
+)
 from flowpolicy.results import (
     EVAL_MODES,
     Curve,
@@ -94,10 +100,6 @@ def plot_learning_curves(
 # --------------------------------------------------------------------------------------------
 
 
-def _pm(mean: float, std: float) -> str:
-    return " ± ".join(format_returns(mean, std))
-
-
 def markdown_table(summaries: Sequence[Summary]) -> str:
     """One markdown table: a row per method with final returns, wall-clock and steps/s; with
     fine-tuning runs among them, also BC -> final (the step-0 return of the pretrained policy,
@@ -115,15 +117,16 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
         )
         lines.append(
             f"| {s.method} | {s.num_seeds} | {s.final_step_mean:,.0f} "
-            f"| {_pm(s.return_mean['zero'], s.return_std['zero'])} "
-            f"| {_pm(s.return_mean['random'], s.return_std['random'])} {bc}"
+            f"| {format_mean_std(s.return_mean['zero'], s.return_std['zero'])} "
+            f"| {format_mean_std(s.return_mean['random'], s.return_std['random'])} {bc}"
             f"| {s.wall_time_mean:,.0f} | {s.steps_per_second_mean:,.0f} |"
         )
     return "\n".join(lines)
 
 
 def _bc_to_final(summary: Summary, mode: str) -> str:
-    """``"1563.0 → 1819.0"`` (BC return, then final return; 3 decimals below 10), or ``—`` for a run from scratch."""
+    """``"1563.0 → 1819.0"`` (BC return, then final return; three decimals below 10), or
+    ``—`` for a run from scratch."""
     if summary.bc_return_mean is None:
         return "—"
     return " → ".join(format_returns(summary.bc_return_mean[mode], summary.return_mean[mode]))

@@ -275,7 +275,8 @@ def format_returns(*values: float | None) -> list[str]:
     return [_fmt(v, spec) for v in values]
 
 
-def _pm(mean: float, std: float) -> str:
+def format_mean_std(mean: float, std: float) -> str:
+    """``"mean ± std"`` at the precision of :func:`format_returns`."""
     return " ± ".join(format_returns(mean, std))
 
 
@@ -296,7 +297,7 @@ def results_table(summaries: Sequence[Summary], modes: Sequence[str] = EVAL_MODE
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         cells = [s.env, s.method, s.kind, _seeds_cell(s), _fmt(s.final_step_mean, ",.0f")]
-        cells += [_pm(s.return_mean[mode], s.return_std[mode]) for mode in modes]
+        cells += [format_mean_std(s.return_mean[mode], s.return_std[mode]) for mode in modes]
         if with_bc:
             cells += [
                 "—"
