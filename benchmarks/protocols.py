@@ -169,8 +169,8 @@ FINETUNE = Protocol(
             BC_FLOW,
             # rldt-gym collects 200k env steps per iteration: 500k would be two critic warm-up
             # iterations and one actor iteration. The CPU defaults take 10k per iteration (50).
-            source="RLDTConfig defaults: the authors' Gym settings, 10k env steps per iteration "
-            "(docs/rldt.md)",
+            source="RLDTConfig defaults: the authors' Gym settings, 10k env steps per iteration, "
+            "TD(0.95) targets (docs/rldt.md)",
         ),
         Method("fpo", ("fpo",), BC_FLOW, source="FPOConfig defaults (docs/fpo.md)"),
         Method(

@@ -377,6 +377,8 @@ def test_delta_field_allows_one_particle_and_gym_preset() -> None:
     gym = rldt_gym()
     assert (gym.num_envs, gym.num_steps, gym.rounds, gym.critic_steps) == (100, 500, 16, 512)
     assert gym.critic_steps_per_round == 32 and gym.actor_steps_per_round == 2
+    # The CPU defaults bootstrap over TD(0.95) targets; the authors' Gym regime uses 1-step TD.
+    assert RLDTConfig().td_lambda == 0.95 and gym.td_lambda == 0.0
 
 
 def test_a_pretrained_policy_is_used_as_given_and_must_match() -> None:
