@@ -17,7 +17,9 @@ the training command, the harness command line, git commit and dirty flag, machi
 (earlier launches of the same run are kept under ``launches``).
 
 Then it collects every completed run of the selection (runs without ``done.json`` are listed,
-not counted) and writes into ``--docs-dir``:
+not counted) together with the protocol's other completed runs on the selected envs (other
+methods, other seeds found on disk), so that launching one more method or seed adds to the
+results page instead of replacing it, and writes into ``--docs-dir``:
 
 - ``<protocol>.md``: per env a table (final return mean ± std over seeds in zero and random
   sampling, BC → final for fine-tuning, wall-clock, env steps/s), a per-seed table and the
@@ -721,12 +723,20 @@ def run_protocol(
     nice: int = 0,
     collect_only: bool = False,
     command: str | None = None,
+    also_collect: Sequence[Run] = (),
 ) -> Collected:
-    """Run what is missing (unless ``collect_only``), then collect, tabulate and plot."""
+    """Run what is missing (unless ``collect_only``), then collect, tabulate and plot ``runs``
+    and the completed runs ``also_collect``."""
     command = command or shlex.join(["python", *sys.argv])
     if not collect_only:
         run_all(runs, jobs, nice, command)
-    collected, coverage, files = collect_and_write(protocol, runs, docs_dir, command)
+    envs = list(dict.fromkeys(run.env for run in runs))
+    methods = [method.name for method in protocol.methods]
+    report = sorted(
+        [*runs, *also_collect],
+        key=lambda run: (envs.index(run.env), methods.index(run.method.name), run.seed),
+    )
+    collected, coverage, files = collect_and_write(protocol, report, docs_dir, command)
     for env, summaries in collected.summaries.items():
         print(f"\n{env}\n{markdown_table(summaries) if summaries else '(no runs)'}")
         if coverage.get(env):
@@ -737,9 +747,34 @@ def run_protocol(
     return collected
 
 
+def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run]) -> list[Run]:
+    """The protocol's completed runs under ``root`` on the selected envs that the selection
+    left out: other methods, and any ``seed<k>`` directory on disk (budgets as planned)."""
+    chosen = {run.run_dir for run in selected}
+    extra = []
+    for env in dict.fromkeys(run.env for run in selected):
+        template = {run.method.name: run for run in selected if run.env == env}
+        for method in protocol.methods:
+            method_dir = root.resolve() / path_safe(env) / method.name
+            if method.envs is not None and env not in method.envs:
+                continue
+            budget = next(iter(template.values())).budget
+            seeds = sorted(
+                int(d.name[4:])
+                for d in method_dir.glob("seed*")
+                if d.name[4:].isdigit() and (d / "done.json").exists()
+            )
+            for seed in seeds:
+                run = Run(protocol.name, env, method, seed, budget, method_dir / f"seed{seed}")
+                if run.run_dir not in chosen:
+                    extra.append(run)
+    return extra
+
+
 def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
     """Plan the selection of ``args`` (this script's or from_scratch.py's Args: the same
-    selection and running options) under ``root``, then run what is missing and collect."""
+    selection and running options) under ``root``, run what is missing, then collect the
+    selection and the protocol's other completed runs on the same envs."""
     runs = plan(
         protocol,
         root,
@@ -757,6 +792,7 @@ def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
         jobs=args.jobs,
         nice=args.nice,
         collect_only=args.collect_only,
+        also_collect=completed_elsewhere(protocol, root, runs),
     )
 
 

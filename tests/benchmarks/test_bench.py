@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import get_args
 
 import bench
@@ -359,6 +360,28 @@ def test_collect_writes_tables_json_csv_and_plots(tmp_path: Path) -> None:
     (row,) = csv.DictReader((docs / "tiny.csv").open())
     assert (row["method"], row["kind"], row["seeds"]) == ("tuned", "finetune", "0 1")
     assert float(row["return_zero_std"]) == 100.0 and float(row["bc_return_zero_mean"]) == 10.0
+
+
+def test_a_partial_launch_adds_to_the_page_instead_of_replacing_it(tmp_path: Path) -> None:
+    """Collecting one method and seed also tabulates the other completed runs on that env."""
+    protocol = tiny_protocol(tmp_path / "reference")
+    root = tmp_path / "runs"
+    for method, seed, final in (("tuned", 0, 100.0), ("tuned", 3, 300.0), ("script", 0, 50.0)):
+        fake_finetune_run(root / "toy_nav" / method / f"seed{seed}", final, final)
+    (root / "toy_nav" / "tuned" / "seed5").mkdir()  # stopped: no done.json, not counted
+    fake_finetune_run(root / "toy_bandit" / "tuned" / "seed0", 7.0, 7.0)  # env not selected
+    args = SimpleNamespace(
+        envs=["toy/nav"], methods=["script"], seeds=[0], steps=(), eval_every=None,
+        eval_episodes=None, docs_dir=tmp_path / "docs", jobs=1, nice=0, collect_only=True,
+    )  # fmt: skip
+    bench.plan_and_run(protocol, root, args)
+    raw = json.loads((tmp_path / "docs" / "tiny.json").read_text())
+    assert list(raw["results"]) == ["toy/nav"]
+    rows = {s["method"]: s for s in raw["results"]["toy/nav"]}
+    assert list(rows) == ["tuned", "script"]  # the protocol's method order
+    assert rows["tuned"]["seeds"] == [0, 3] and rows["tuned"]["return_mean"]["zero"] == 200.0
+    assert rows["script"]["seeds"] == [0]
+    assert raw["missing"] == []
 
 
 # --------------------------------------------------------------------------------------------
