@@ -753,21 +753,14 @@ def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run])
     chosen = {run.run_dir for run in selected}
     extra = []
     for env in dict.fromkeys(run.env for run in selected):
-        template = {run.method.name: run for run in selected if run.env == env}
+        budget = next(run.budget for run in selected if run.env == env)
         for method in protocol.methods:
-            method_dir = root.resolve() / path_safe(env) / method.name
             if method.envs is not None and env not in method.envs:
                 continue
-            budget = next(iter(template.values())).budget
-            seeds = sorted(
-                int(d.name[4:])
-                for d in method_dir.glob("seed*")
-                if d.name[4:].isdigit() and (d / "done.json").exists()
-            )
-            for seed in seeds:
-                run = Run(protocol.name, env, method, seed, budget, method_dir / f"seed{seed}")
-                if run.run_dir not in chosen:
-                    extra.append(run)
+            for run_dir in (root.resolve() / path_safe(env) / method.name).glob("seed*"):
+                seed = run_dir.name.removeprefix("seed")
+                if seed.isdigit() and (run_dir / "done.json").exists() and run_dir not in chosen:
+                    extra.append(Run(protocol.name, env, method, int(seed), budget, run_dir))
     return extra
 
 
