@@ -201,6 +201,11 @@ def parse_step_overrides(items: Sequence[str]) -> dict[str, int]:
     return overrides
 
 
+def method_dir(root: Path, env: str, method: str) -> Path:
+    """Where a method's runs on an env live: ``root/<env>/<method>``, one ``seed<k>`` each."""
+    return root.resolve() / path_safe(env) / method
+
+
 def plan(
     protocol: Protocol,
     root: Path,
@@ -255,7 +260,7 @@ def plan(
             if protocol.method(name).envs is not None and env not in protocol.method(name).envs:
                 continue  # this method is only benchmarked on some envs
             for seed in protocol.seeds if seeds is None else seeds:
-                run_dir = root.resolve() / path_safe(env) / name / f"seed{seed}"
+                run_dir = method_dir(root, env, name) / f"seed{seed}"
                 runs.append(Run(protocol.name, env, protocol.method(name), seed, budget, run_dir))
     return runs
 
@@ -757,7 +762,7 @@ def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run])
         for method in protocol.methods:
             if method.envs is not None and env not in method.envs:
                 continue
-            for run_dir in (root.resolve() / path_safe(env) / method.name).glob("seed*"):
+            for run_dir in method_dir(root, env, method.name).glob("seed*"):
                 seed = run_dir.name.removeprefix("seed")
                 if seed.isdigit() and (run_dir / "done.json").exists() and run_dir not in chosen:
                     extra.append(Run(protocol.name, env, method, int(seed), budget, run_dir))
