@@ -24,7 +24,7 @@ from flowpolicy.plot import (
     write_json,
 )
 from flowpolicy.results import load_runs, summarize_all
-from tests.test_results import write_run
+from tests.fake_runs import write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -40,6 +40,7 @@ from protocols import (
 from flowpolicy.envs import BanditEnv
 from flowpolicy.errors import UserError
 from flowpolicy.train import load_policy
+from tests.fake_runs import write_run
 
 # --------------------------------------------------------------------------------------------
 # Planning
@@ -301,24 +302,10 @@ def test_nav_coverage_counts_routes_and_successes() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def eval_line(step: int, wall: float, zero: float, random: float) -> dict:
-    return {
-        "step": step,
-        "wall_time": wall,
-        "eval/zero/return_mean": zero,
-        "eval/zero/return_std": 1.0,
-        "eval/random/return_mean": random,
-        "eval/random/return_std": 1.0,
-    }
-
-
 def fake_finetune_run(run_dir: Path, final_zero: float, final_random: float) -> None:
     """A finished fine-tuning run of 2000 steps in 10 s: BC (step 0) 10 / 5."""
-    run_dir.mkdir(parents=True)
-    lines = [eval_line(0, 0.5, 10.0, 5.0), eval_line(2000, 10.0, final_zero, final_random)]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    (run_dir / "config.json").write_text(json.dumps({"init": "bc.pt", "algo_name": "fpo"}))
-    (run_dir / "done.json").write_text(json.dumps(lines[-1]))
+    evals = [(0, 0.5, 10.0, 5.0), (2000, 10.0, final_zero, final_random)]
+    write_run(run_dir, evals, algo_name="fpo", init="bc.pt")
 
 
 def test_collect_writes_tables_json_csv_and_plots(tmp_path: Path) -> None:

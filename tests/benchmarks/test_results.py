@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,33 +17,13 @@ from results import (
     summarize,
 )
 
-
-def eval_line(step: int, wall_time: float, zero: float, random: float) -> dict:
-    return {
-        "step": step,
-        "wall_time": wall_time,
-        "eval/zero/return_mean": zero,
-        "eval/zero/return_std": 1.0,
-        "eval/random/return_mean": random,
-        "eval/random/return_std": 2.0,
-    }
+from tests.fake_runs import eval_row, write_run
 
 
 def fake_run(run_dir: Path, final_zero: float, final_random: float, wall_time: float) -> Path:
-    """A completed run of 2000 env steps with evaluations at 0, 1000 and 2000."""
-    run_dir.mkdir(parents=True)
-    lines = [
-        eval_line(0, 0.5, 10.0, 5.0),
-        {"step": 1000, "wall_time": 4.0, "charts/sps": 250.0, "charts/episode_return": 30.0},
-        eval_line(1000, 5.0, final_zero / 2, final_random / 2),
-        {"step": 2000, "wall_time": 9.0, "charts/sps": 250.0},
-        eval_line(2000, wall_time, final_zero, final_random),
-    ]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    (run_dir / "config.json").write_text("{}")
-    done = eval_line(2000, wall_time, final_zero, final_random)
-    (run_dir / "done.json").write_text(json.dumps(done))
-    return run_dir
+    """A completed run of 2000 env steps with evaluations at 0, 1000 and 2000 (BC 10 / 5)."""
+    evals = [(0, 0.5, 10.0, 5.0), (1000, 5.0, final_zero / 2, final_random / 2)]
+    return write_run(run_dir, [*evals, (2000, wall_time, final_zero, final_random)])
 
 
 @pytest.fixture
@@ -95,7 +74,7 @@ def test_eval_curve_and_seed_band(two_seeds) -> None:
 
 
 def test_eval_curve_keeps_last_duplicate_step() -> None:
-    curve = eval_curve([eval_line(0, 0.0, 1.0, 1.0), eval_line(0, 1.0, 2.0, 3.0)])
+    curve = eval_curve([eval_row(0, 0.0, 1.0, 1.0), eval_row(0, 1.0, 2.0, 3.0)])
     np.testing.assert_allclose(curve.returns["zero"], [2.0])
 
 
