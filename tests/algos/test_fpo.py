@@ -45,6 +45,7 @@ METRICS = {
     "loss/grad_norm",
     "critic/explained_variance",
     "charts/learning_rate",
+    "charts/actor_trained",
 }
 CONFIGS = {
     "per_action": lambda **kw: FPOConfig(**(TINY | dict(ratio_mode="per_action") | kw)),
@@ -255,6 +256,36 @@ def test_update_returns_finite_documented_metrics(name: str) -> None:
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
 
 
+@pytest.mark.parametrize("name", ["per_action", "fpo_plus_plus"])
+def test_critic_warmup_trains_only_the_value_net_then_both(name: str) -> None:
+    algo = _make(name, critic_warmup_iterations=2)
+    weights = lambda module: [p.detach().clone() for p in module.parameters()]  # noqa: E731
+    for iteration in range(3):
+        actor_before, critic_before = weights(algo.policy), weights(algo.critic)
+        out = algo.update(_rollout(algo, seed=iteration))
+        actor_moved = any(
+            not torch.equal(a, b) for a, b in zip(actor_before, weights(algo.policy), strict=True)
+        )
+        critic_moved = any(
+            not torch.equal(a, b) for a, b in zip(critic_before, weights(algo.critic), strict=True)
+        )
+        assert critic_moved
+        assert actor_moved == (iteration >= 2) == bool(out["charts/actor_trained"])
+    assert algo.iterations == 3
+
+
+def test_iterations_survive_a_checkpoint_and_old_checkpoints_infer_them() -> None:
+    algo = _make("per_action", critic_warmup_iterations=5)
+    algo.update(_rollout(algo))
+    state = algo.state_dict()
+    resumed = _make("per_action", critic_warmup_iterations=5)
+    resumed.load_state_dict(state)
+    assert resumed.iterations == 1
+    del state["iterations"]  # a checkpoint written before the option existed
+    resumed.load_state_dict(state)
+    assert resumed.iterations == 1  # 6 optimiser steps / (3 epochs x 2 minibatches)
+
+
 def test_fpo_plus_plus_preset_and_overrides() -> None:
     cfg = fpo_plus_plus()
     assert cfg.ratio_mode == "per_sample" and cfg.trust_region == "aspo"
@@ -274,6 +305,7 @@ def test_fpo_plus_plus_preset_and_overrides() -> None:
         (dict(chunk=2, chunk_exec=3), "chunk_exec"),
         (dict(action_noise_std=-0.01), "action_noise_std"),
         (dict(ema_decay=1.0), "ema_decay"),
+        (dict(critic_warmup_iterations=-1), "critic_warmup_iterations"),
         (dict(mc_samples=0), "mc_samples must be positive"),
         (dict(flow_steps=0), "flow_steps must be positive"),
         (dict(cfm_loss_clamp=0.0), "cfm_loss_clamp must be positive"),

@@ -86,6 +86,8 @@ class FPOConfig:
     """global gradient-norm clip (None: no clipping, as in the FPO code)."""
     scale_rewards: bool = True
     """divide rewards by the running std of the discounted return."""
+    critic_warmup_iterations: int = 0
+    """first iterations that train only the value network (ours, for fine-tuning; 0: none)."""
     # --- flow policy ---
     flow_steps: int = 10
     """K Euler steps of the sampler."""
@@ -151,6 +153,10 @@ class FPOConfig:
     def __post_init__(self) -> None:
         check_on_policy_config(self)
         require_positive(self, "flow_steps", "mc_samples", "chunk", "chunk_exec", "time_dim")
+        if self.critic_warmup_iterations < 0:
+            raise ValueError(
+                f"critic_warmup_iterations must be >= 0, got {self.critic_warmup_iterations}."
+            )
         if self.chunk_exec > self.chunk:
             raise ValueError(
                 f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
@@ -246,6 +252,7 @@ class FPO:
         )
         self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
         self.optimizer_steps = 0
+        self.iterations = 0
 
     def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> FlowPolicy:
         """A fresh flow policy built from the config (training from scratch)."""
@@ -356,8 +363,15 @@ class FPO:
         return loss, metrics
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """Several epochs of minibatch FPO on one rollout; returns mean metrics."""
+        """Several epochs of minibatch FPO on one rollout; returns mean metrics.
+
+        During the first ``critic_warmup_iterations`` only the value loss is back-propagated:
+        the actor gets no gradient, so Adam(W) leaves it (and its weight decay) untouched. A
+        fine-tuned policy then meets its first advantages from a critic fitted to its own
+        returns instead of a random one.
+        """
         cfg = self.config
+        warming_up = self.iterations < cfg.critic_warmup_iterations
         reward_scaler = self.reward_scaler if cfg.scale_rewards else None
         prepared = onpolicy.prepare_batch(
             batch, self.critic, self.policy.obs_norm, reward_scaler, self.optimizer, cfg
@@ -376,6 +390,8 @@ class FPO:
                 records["old_cfm_loss"][idx],
                 adv,
             )
+            if warming_up:
+                pg_loss = pg_loss.detach()  # reported, not followed
             step_metrics = onpolicy.critic_loss_and_step(
                 prepared, idx, pg_loss, metrics, self.critic, self.optimizer, self.parameters, cfg
             )
@@ -392,6 +408,8 @@ class FPO:
             prepared.values, prepared.returns
         )
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        out["charts/actor_trained"] = float(not warming_up)
+        self.iterations += 1
         return out
 
     @torch.no_grad()
@@ -414,6 +432,7 @@ class FPO:
             "reward_scaler": self.reward_scaler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "optimizer_steps": self.optimizer_steps,
+            "iterations": self.iterations,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -424,3 +443,7 @@ class FPO:
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer_steps = state["optimizer_steps"]
+        # Checkpoints from before the warm-up option: every iteration took the same number of
+        # optimiser steps (FPO has no early stop).
+        steps_per_iteration = self.config.update_epochs * self.config.num_minibatches
+        self.iterations = state.get("iterations", self.optimizer_steps // steps_per_iteration)
