@@ -252,7 +252,6 @@ class FPO:
         )
         self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
         self.optimizer_steps = 0
-        self.iterations = 0
 
     def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> FlowPolicy:
         """A fresh flow policy built from the config (training from scratch)."""
@@ -270,6 +269,12 @@ class FPO:
             output_scale=config.output_scale,
             squash=config.squash,
         )
+
+    @property
+    def iterations(self) -> int:
+        """Updates done so far: every update takes epochs x minibatches optimiser steps (FPO has
+        no early stop), so the count needs no state of its own."""
+        return self.optimizer_steps // (self.config.update_epochs * self.config.num_minibatches)
 
     @property
     def eval_policy(self) -> FlowPolicy:
@@ -409,7 +414,6 @@ class FPO:
         )
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         out["charts/actor_trained"] = float(not warming_up)
-        self.iterations += 1
         return out
 
     @torch.no_grad()
@@ -432,7 +436,6 @@ class FPO:
             "reward_scaler": self.reward_scaler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "optimizer_steps": self.optimizer_steps,
-            "iterations": self.iterations,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -443,7 +446,3 @@ class FPO:
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer_steps = state["optimizer_steps"]
-        # Checkpoints from before the warm-up option: every iteration took the same number of
-        # optimiser steps (FPO has no early stop).
-        steps_per_iteration = self.config.update_epochs * self.config.num_minibatches
-        self.iterations = state.get("iterations", self.optimizer_steps // steps_per_iteration)
