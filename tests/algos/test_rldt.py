@@ -517,9 +517,9 @@ def test_known_q_transport_moves_a_broad_policy_onto_the_optima(bandit_run) -> N
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured (docs/rldt.md): on the four-optimum bandit the transport concentrates "
-    "the policy on a single optimum; the repulsion at temperature 1e-3 does not hold a "
-    "second one against the network's shared (translation-like) update",
+    reason="measured (docs/rldt.md, benchmarks/rldt_mode_keeping.py): on the four-optimum "
+    "bandit every field, temperature and reference, and even plain pathwise gradient ascent "
+    "on E[Q], end with the policy on a single optimum",
 )
 def test_known_q_transport_keeps_several_optima_populated(bandit_run) -> None:
     assert (bandit_run["coverage_after"] >= 0.1).sum() >= 2
