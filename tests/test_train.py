@@ -10,8 +10,11 @@ import pytest
 import torch
 
 import flowpolicy.train as train_module
+from flowpolicy.algos.dppo import DPPOConfig
 from flowpolicy.algos.fpo import FPO, FPOConfig, fpo_plus_plus
 from flowpolicy.algos.ppo import PPOConfig
+from flowpolicy.algos.qam import QAMConfig
+from flowpolicy.algos.rldt import RLDTConfig
 from flowpolicy.checkpoint import load_checkpoint
 from flowpolicy.envs import NavEnv
 from flowpolicy.errors import UserError
@@ -164,6 +167,12 @@ def test_unreadable_run_directory(tmp_path):
         (lambda: FPOConfig(flow_steps=0), "flow_steps must be positive"),
         (lambda: PPOConfig(num_envs=3, num_steps=10, num_minibatches=4), "does not split"),
         (lambda: TrainConfig(total_steps=0), "total_steps must be positive"),
+        (lambda: PPOConfig(vf_coef=-0.5), r"PPOConfig.vf_coef must be >= 0, got -0.5"),
+        (lambda: FPOConfig(action_noise_std=-1.0), "FPOConfig.action_noise_std must be >= 0"),
+        (lambda: FPOConfig(critic_warmup_iterations=-1), "critic_warmup_iterations must be >= 0"),
+        (lambda: DPPOConfig(ddim_eta=-0.1), "DPPOConfig.ddim_eta must be >= 0"),
+        (lambda: QAMConfig(beta=-1.0), "QAMConfig.beta must be >= 0"),
+        (lambda: RLDTConfig(constraint_coef=-0.2), "RLDTConfig.constraint_coef must be >= 0"),
     ],
 )
 def test_invalid_hyper_parameters(make, message):

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from flowpolicy import chains
 from flowpolicy.algos import onpolicy
-from flowpolicy.algos.validation import require_positive, require_range
+from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
 from flowpolicy.errors import NonFiniteLossError
@@ -198,13 +198,14 @@ class DPPOConfig:
         )
         for name in ("gamma", "gae_lambda", "gamma_denoising"):
             require_range(self, name, 0.0, 1.0)
-        for name in ("vf_coef", "sampling_std_floor", "logprob_std_floor", "ddim_eta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
-        if self.critic_warmup_iterations < 0:
-            raise ValueError(
-                f"critic_warmup_iterations must be >= 0, got {self.critic_warmup_iterations}."
-            )
+        require_non_negative(
+            self,
+            "vf_coef",
+            "sampling_std_floor",
+            "logprob_std_floor",
+            "ddim_eta",
+            "critic_warmup_iterations",
+        )
         if self.logprob_min >= self.logprob_max:
             raise ValueError(
                 f"need logprob_min < logprob_max, got {self.logprob_min} and {self.logprob_max}."

@@ -40,7 +40,11 @@ from torch import Tensor
 
 from flowpolicy import flows
 from flowpolicy.algos import onpolicy
-from flowpolicy.algos.validation import check_on_policy_config, require_positive
+from flowpolicy.algos.validation import (
+    check_on_policy_config,
+    require_non_negative,
+    require_positive,
+)
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
 from flowpolicy.nets import Activation
@@ -153,10 +157,7 @@ class FPOConfig:
     def __post_init__(self) -> None:
         check_on_policy_config(self)
         require_positive(self, "flow_steps", "mc_samples", "chunk", "chunk_exec", "time_dim")
-        if self.critic_warmup_iterations < 0:
-            raise ValueError(
-                f"critic_warmup_iterations must be >= 0, got {self.critic_warmup_iterations}."
-            )
+        require_non_negative(self, "critic_warmup_iterations", "action_noise_std")
         if self.chunk_exec > self.chunk:
             raise ValueError(
                 f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
@@ -166,8 +167,6 @@ class FPOConfig:
             raise ValueError(
                 f"need 0 <= tau_min < tau_max <= 1, got {self.tau_min} and {self.tau_max}."
             )
-        if self.action_noise_std < 0:
-            raise ValueError(f"action_noise_std must be >= 0, got {self.action_noise_std}.")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}.")
         require_positive(

@@ -61,7 +61,7 @@ from flowpolicy.algos.offpolicy import (
 )
 from flowpolicy.algos.onpolicy import optimizer_step
 from flowpolicy.algos.rldt import RLDTConfig, constraint_loss
-from flowpolicy.algos.validation import require_positive, require_range
+from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QReduction
 from flowpolicy.nets import Activation
@@ -223,16 +223,15 @@ class QAMConfig:
                 raise ValueError(
                     f"QAMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}."
                 )
-        for name in (
+        require_non_negative(
+            self,
             "critic_weight_decay",
             "pessimism",
             "beta",
             "velocity_coef",
             "critic_warmup_iterations",
             "actor_steps",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"QAMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        )
         if self.reward_ema_rate is not None:
             require_range(self, "reward_ema_rate", 1e-9, 1.0)
         if self.chunk_exec > self.chunk:

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from flowpolicy import chains, flows
 from flowpolicy.algos import onpolicy
 from flowpolicy.algos.fpo import trust_region_objective
-from flowpolicy.algos.validation import require_positive, require_range
+from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
 from flowpolicy.nets import Activation, SinusoidalTimeEmbedding, mlp, sinusoidal_embedding
@@ -204,9 +204,9 @@ class ReinFlowConfig:
         require_range(self, "gae_lambda", 0.0, 1.0)
         require_range(self, "noise_hold_fraction", 0.0, 1.0)
         require_range(self, "noise_decay_ratio", 0.0, 1.0)
-        for name in ("vf_coef", "ent_coef", "bc_coef", "actor_weight_decay", "critic_weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+        require_non_negative(
+            self, "vf_coef", "ent_coef", "bc_coef", "actor_weight_decay", "critic_weight_decay"
+        )
         if self.min_std >= self.max_std:
             raise ValueError(
                 f"min_std ({self.min_std}) must be smaller than max_std ({self.max_std}): the "

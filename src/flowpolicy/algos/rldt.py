@@ -62,7 +62,7 @@ from flowpolicy.algos.offpolicy import (
     q_ensemble_and_optimizer,
     segment_members,
 )
-from flowpolicy.algos.validation import require_positive, require_range
+from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QReduction
 from flowpolicy.errors import NonFiniteLossError
@@ -217,7 +217,8 @@ class RLDTConfig:
                 f"RLDTConfig.target_decay must be in [0, 1), got {self.target_decay!r}."
             )
         require_range(self, "min_fresh_fraction", 1e-9, 1.0)
-        non_negative = (
+        require_non_negative(
+            self,
             "critic_weight_decay",
             "pessimism",
             "svgd_temperature",
@@ -227,9 +228,6 @@ class RLDTConfig:
             "critic_warmup_iterations",
             "actor_steps",
         )
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"RLDTConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
         if self.reward_ema_rate is not None:
             require_range(self, "reward_ema_rate", 1e-9, 1.0)
         if self.chunk_exec > self.chunk:

@@ -21,6 +21,17 @@ def require_positive(config: Any, *names: str) -> None:
             )
 
 
+def require_non_negative(config: Any, *names: str) -> None:
+    """Each named field must be >= 0 (a weight, a std or a count where 0 switches it off)."""
+    for name in names:
+        value = getattr(config, name)
+        if not value >= 0:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be >= 0, got {value!r}. "
+                f"Pass 0 to switch it off or a positive value (--{name.replace('_', '-')})."
+            )
+
+
 def require_range(config: Any, name: str, low: float, high: float) -> None:
     """Field must lie in the closed interval [low, high]."""
     value = getattr(config, name)
@@ -44,8 +55,7 @@ def check_on_policy_config(config: Any) -> None:
     )
     require_range(config, "gamma", 0.0, 1.0)
     require_range(config, "gae_lambda", 0.0, 1.0)
-    if config.vf_coef < 0:
-        raise ValueError(f"vf_coef must be >= 0, got {config.vf_coef!r}.")
+    require_non_negative(config, "vf_coef")
     if config.max_grad_norm is not None and config.max_grad_norm <= 0:
         raise ValueError(
             f"max_grad_norm must be positive (or None for no clipping), got {config.max_grad_norm!r}."
