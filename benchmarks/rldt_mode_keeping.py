@@ -81,14 +81,8 @@ SETTINGS = [
 
 
 def bandit_q_gradient(obs: Tensor, actions: Tensor) -> Tensor:
-    """``grad_a Q`` for ``Q = Q_SCALE * max_k exp(-||a - c_k||^2 / (2 w^2))``; (B, 2) -> (B, 2)."""
-    optima = torch.as_tensor(BANDIT.optima, dtype=torch.float32)
-    with torch.enable_grad():
-        actions = actions.detach().requires_grad_(True)
-        sq_distance = (actions.unsqueeze(1) - optima).square().sum(-1)  # (B, 4)
-        q = Q_SCALE * torch.exp(-sq_distance / (2 * BANDIT.width**2)).max(-1).values
-        (gradient,) = torch.autograd.grad(q.sum(), actions)
-    return gradient
+    """``grad_a Q`` for ``Q = Q_SCALE * BanditEnv.reward``; (B, 2) -> (B, 2)."""
+    return Q_SCALE * BANDIT.reward_gradient(actions)
 
 
 def broad_policy(config: RLDTConfig, seed: int) -> RLDT:

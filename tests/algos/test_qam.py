@@ -433,18 +433,9 @@ BANDIT = BanditEnv()  # four equal optima at (+-0.5, +-0.5), bumps of width 0.15
 Q_SCALE = 10.0
 
 
-def _bandit_q(actions: torch.Tensor) -> torch.Tensor:
-    """``Q_SCALE * BanditEnv.reward`` in torch; (B, 2) -> (B,)."""
-    optima = torch.as_tensor(BANDIT.optima, dtype=torch.float32)
-    sq_distance = (actions.unsqueeze(1) - optima).square().sum(-1)
-    return Q_SCALE * torch.exp(-sq_distance / (2 * BANDIT.width**2)).max(-1).values
-
-
 def _bandit_q_gradient(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        actions = actions.detach().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(_bandit_q(actions).sum(), actions)
-    return gradient
+    """``grad_a Q`` for ``Q = Q_SCALE * BanditEnv.reward``; (B, 2) -> (B, 2)."""
+    return Q_SCALE * BANDIT.reward_gradient(actions)
 
 
 def _bandit_qam(policy: FlowPolicy, **kw) -> QAM:

@@ -431,16 +431,11 @@ Q_SCALE = 10.0  # Gym-like Q magnitudes: rewards / EMA|r| summed over ~1 / (1 - 
 
 def _bandit_q(actions: torch.Tensor) -> torch.Tensor:
     """``Q_SCALE * BanditEnv.reward`` in torch, so it has a gradient; (B, 2) -> (B,)."""
-    optima = torch.as_tensor(BANDIT.optima, dtype=torch.float32)
-    sq_distance = (actions.unsqueeze(1) - optima).square().sum(-1)  # (B, 4)
-    return Q_SCALE * torch.exp(-sq_distance / (2 * BANDIT.width**2)).max(-1).values
+    return Q_SCALE * BANDIT.differentiable_reward(actions)
 
 
 def _bandit_q_gradient(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        actions = actions.detach().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(_bandit_q(actions).sum(), actions)
-    return gradient
+    return Q_SCALE * BANDIT.reward_gradient(actions)
 
 
 def _bandit_samples(algo: RLDT) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from flowpolicy.envs import BanditEnv, NavEnv, optimum_coverage, route_of
 
@@ -35,6 +36,21 @@ def test_bandit_clips_actions() -> None:
 def test_bandit_custom_optima_and_width() -> None:
     env = BanditEnv(width=0.3, optima=np.array([[0.0, 0.0]]))
     assert env.reward(np.array([0.3, 0.0])) == pytest.approx(np.exp(-0.5))
+
+
+def test_bandit_differentiable_reward_matches_reward_and_its_gradient_finite_differences() -> None:
+    env = BanditEnv()
+    actions = torch.rand(64, 2, dtype=torch.float64) * 2 - 1
+    assert np.allclose(env.differentiable_reward(actions).numpy(), env.reward(actions.numpy()))
+    gradient = env.reward_gradient(actions)
+    step = 1e-6
+    for axis in range(2):
+        shift = torch.zeros(2, dtype=torch.float64)
+        shift[axis] = step
+        numeric = (env.reward(actions + shift) - env.reward(actions - shift)) / (2 * step)
+        assert np.allclose(gradient[:, axis].numpy(), numeric, atol=1e-6)
+    optima = torch.as_tensor(env.optima)
+    assert torch.allclose(env.reward_gradient(optima), torch.zeros_like(optima))
 
 
 def test_optimum_coverage_counts_points_per_optimum() -> None:

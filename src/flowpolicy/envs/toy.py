@@ -1,6 +1,6 @@
 """Small multimodal tasks where a unimodal Gaussian policy must pick one mode.
 
-Both are pure numpy, take microseconds per step and are deterministic given the seed, so tests
+Both step in pure numpy, take microseconds per step and are deterministic given the seed, so tests
 can check that a flow policy covers several modes (`optimum_coverage`, `route_of`).
 
 - `BanditEnv` ("toy/bandit"): one-step 2-D bandit with four equal optima.
@@ -14,7 +14,9 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+import torch
 from gymnasium import spaces
+from torch import Tensor
 
 _CORNERS = np.array([[0.5, 0.5], [0.5, -0.5], [-0.5, 0.5], [-0.5, -0.5]])
 
@@ -78,6 +80,22 @@ class BanditEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         diff = np.asarray(actions, dtype=np.float64)[..., None, :] - self.optima  # (..., k, 2)
         bumps = np.exp(-np.sum(diff**2, axis=-1) / (2 * self.width**2))  # (..., k)
         return bumps.max(axis=-1)
+
+    def differentiable_reward(self, actions: Tensor) -> Tensor:
+        """:meth:`reward` in torch, so it has a gradient: (..., 2) -> (...), float32.
+
+        Tests and benchmarks use ``scale * differentiable_reward`` as a known Q.
+        """
+        optima = torch.as_tensor(self.optima, dtype=actions.dtype, device=actions.device)
+        sq_distance = (actions.unsqueeze(-2) - optima).square().sum(-1)  # (..., k)
+        return torch.exp(-sq_distance / (2 * self.width**2)).max(-1).values
+
+    def reward_gradient(self, actions: Tensor) -> Tensor:
+        """``grad_a reward(a)`` (..., 2), without a graph; zero at each optimum."""
+        with torch.enable_grad():
+            actions = actions.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(self.differentiable_reward(actions).sum(), actions)
+        return gradient
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
