@@ -350,6 +350,20 @@ MULTIMODALITY = Protocol(
             source="docs/rldt.md's bandit toy (defaults, actor lr 1e-3, residual 3x64 actor)",
         ),
         Method(
+            "rldt-initial-ref",
+            (
+                "rldt",
+                *TOY_BATCH,
+                *TOY_CHUNK,
+                *TOY_ACTOR,
+                "--actor-lr",
+                "1e-3",
+                "--reference",
+                "initial",
+            ),  # fmt: skip
+            source="the same with the paper's constraint reference: the frozen initial policy",
+        ),
+        Method(
             "qam",
             ("qam", "--preset", "qam-cpu", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR),
             source="qam_cpu() in the toy regime (not tuned on the toys)",

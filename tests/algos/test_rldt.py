@@ -10,7 +10,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,7 +30,6 @@ from flowpolicy.algos.rldt import (
 from flowpolicy.buffers import TrajectoryBatch
 from flowpolicy.checkpoint import load_checkpoint
 from flowpolicy.cli import main
-from flowpolicy.envs import BanditEnv, optimum_coverage
 from flowpolicy.errors import UserError
 from flowpolicy.policies import FlowPolicy
 from flowpolicy.train import TrainConfig, resume, train
@@ -425,99 +423,8 @@ def test_state_dict_round_trip_gives_identical_updates() -> None:
 # ----------------------------------------------------------------------------- toy: known Q
 
 
-BANDIT = BanditEnv()  # four equal optima at (+-0.5, +-0.5), bumps of width 0.15
-Q_SCALE = 10.0  # Gym-like Q magnitudes: rewards / EMA|r| summed over ~1 / (1 - gamma) steps
-
-
-def _bandit_q(actions: torch.Tensor) -> torch.Tensor:
-    """``Q_SCALE * BanditEnv.reward`` in torch, so it has a gradient; (B, 2) -> (B,)."""
-    return Q_SCALE * BANDIT.differentiable_reward(actions)
-
-
-def _bandit_q_gradient(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    return Q_SCALE * BANDIT.reward_gradient(actions)
-
-
-def _bandit_samples(algo: RLDT) -> np.ndarray:
-    with torch.no_grad():
-        raw = algo.policy.sample(torch.ones(2000, 2), "random")
-    return algo.policy.env_action(raw).numpy()  # clipped into [-1, 1]^2, as the env acts
-
-
-@pytest.fixture(scope="module")
-def bandit_run() -> dict[str, np.ndarray | float]:
-    """Fine-tune a broad (uniform on [-1, 1]^2) flow policy on the bandit with its true Q.
-
-    Everything but the actor's learning rate is RLDT's default (SVGD field, adaptive
-    temperature 1e-3, consistency 0.5, constraint 0.2 to the previous iterate refreshed every 8
-    actor steps, K = 8, P = 8); the learning rate is 1e-3 instead of 2e-5 so that 240 steps of
-    16 states take about a second.
-    """
-    torch.manual_seed(0)
-    config = RLDTConfig(
-        **(
-            TINY
-            | dict(
-                chunk=1,
-                flow_steps=8,
-                num_particles=8,
-                actor_network="mlp",
-                actor_hidden=(64, 64),
-                actor_activation="silu",
-                time_dim=8,
-                min_extrp_step=6,
-                actor_lr=1e-3,
-                actor_chunk_states=1024,
-            )
-        )
-    )
-    algo = RLDT(2, torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0]), config)
-    # Behaviour cloning onto uniform actions: the broad initial policy.
-    optimizer = torch.optim.Adam(algo.policy.parameters(), lr=3e-3)
-    obs = torch.ones(256, 2)
-    for _ in range(300):
-        actions, noise, tau = torch.rand(256, 2) * 2 - 1, torch.randn(256, 2), torch.rand(256)
-        velocity = algo.policy.velocity(obs, flows.interpolate(actions, noise, tau), tau)
-        loss = flows.cfm_loss(velocity, actions, noise, tau).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    algo.refresh_reference()
-    before = _bandit_samples(algo)
-    for step in range(240):
-        algo.actor_step(torch.ones(16, 2), _bandit_q_gradient)
-        if step % 8 == 7:  # an "iteration" of 8 actor steps
-            algo.refresh_reference()
-    after = _bandit_samples(algo)
-    return {
-        "reward_before": float(BANDIT.reward(before).mean()),
-        "reward_after": float(BANDIT.reward(after).mean()),
-        "coverage_before": optimum_coverage(before, BANDIT.optima),
-        "coverage_after": optimum_coverage(after, BANDIT.optima),
-    }
-
-
-def test_torch_q_is_the_bandit_reward() -> None:
-    actions = torch.rand(100, 2) * 2 - 1
-    expected = Q_SCALE * BANDIT.reward(actions.double().numpy())
-    assert np.allclose(_bandit_q(actions).numpy(), expected, atol=1e-5)
-
-
-def test_known_q_transport_moves_a_broad_policy_onto_the_optima(bandit_run) -> None:
-    assert bandit_run["reward_before"] < 0.2  # broad: ~5% of the samples near each optimum
-    assert np.all(bandit_run["coverage_before"] < 0.1)
-    assert bandit_run["reward_after"] > 0.5
-    assert bandit_run["coverage_after"].sum() > 0.6
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured (docs/rldt.md, benchmarks/rldt_mode_keeping.py): on the four-optimum "
-    "bandit every field, temperature and reference, and even plain pathwise gradient ascent "
-    "on E[Q], end with the policy on a single optimum",
-)
-def test_known_q_transport_keeps_several_optima_populated(bandit_run) -> None:
-    assert (bandit_run["coverage_after"] >= 0.1).sum() >= 2
+# The known-Q bandit toy (moving a broad policy onto the optima while keeping several of them)
+# lives in tests/benchmarks/test_rldt_mode_keeping.py, next to the sweep it is a case of.
 
 
 # ----------------------------------------------------------------------------- the loop
