@@ -164,6 +164,56 @@ def test_loss_vanishes_when_the_fields_agree_and_q_is_flat() -> None:
     assert algo.adjoint_loss(obs, flat)[0].item() > 1e-4
 
 
+def test_sde_fields_are_the_fields_at_the_chain() -> None:
+    # return_fields hands back f_theta and f_beta at every (x_i, tau_i), i < K, of the same
+    # chain: the values a second evaluation on the chain gives, f_theta with its graph.
+    fine, base = _tiny_field(1), _tiny_field(2)
+    x0 = torch.randn(5, 3, dtype=torch.float64)
+    noise = torch.randn(3, 5, 3, dtype=torch.float64)
+    chain, fine_values, base_values = memoryless_sde(fine, base, x0, 4, noise, return_fields=True)
+    assert torch.equal(chain, memoryless_sde(fine, base, x0, 4, noise))
+    assert not chain.requires_grad and not base_values.requires_grad
+    tau = flows.time_grid(4).double().repeat_interleave(5)
+    x = chain[:-1].flatten(0, 1)
+    assert torch.allclose(fine_values.flatten(0, 1), fine(x, tau), atol=1e-12, rtol=0)
+    assert torch.allclose(base_values.flatten(0, 1), base(x, tau), atol=1e-12, rtol=0)
+    assert fine_values.requires_grad  # the loss differentiates through these values
+
+
+def test_adjoint_loss_equals_the_loss_with_the_fields_evaluated_again() -> None:
+    # adjoint_loss takes f_theta and f_beta from the SDE pass; the same loss, with both fields
+    # evaluated a second time in one batched pass on the chain, must give the same value and
+    # the same gradient (float rounding aside).
+    algo = _make(actor_network="residual", actor_hidden=(16, 16, 16), beta=3.0)
+    obs = algo.policy.obs_norm(torch.randn(6, OBS_DIM))
+    torch.manual_seed(5)
+    loss, metrics = algo.adjoint_loss(obs)
+    loss.backward()
+    gradient = torch.cat([p.grad.flatten() for p in algo.policy.parameters()])
+    algo.actor_optimizer.zero_grad()
+
+    torch.manual_seed(5)  # the same x_0 and SDE noise
+    steps, batch = algo.policy.flow_steps, obs.shape[0]
+    fine, base = algo._fields(obs)
+    with torch.no_grad():
+        x0 = algo.policy.initial_noise(batch, "random", obs.device)
+        chain = memoryless_sde(fine, base, x0, steps)
+    adjoints = lean_adjoint(base, chain, algo.terminal_adjoint(obs, chain[-1]), steps)
+    x, tau = chain[:-1].flatten(0, 1), flows.time_grid(steps).repeat_interleave(batch)
+    obs_k = obs.repeat(steps, 1)
+    fine_velocity = algo.policy.velocity(obs_k, x, tau).view(steps, batch, -1)
+    with torch.no_grad():
+        base_velocity = algo.base.velocity(obs_k, x, tau).view(steps, batch, -1)
+    expected = adjoint_matching_loss(
+        fine_velocity, base_velocity, adjoints, sde_sigmas(steps)
+    ).mean()
+    expected.backward()
+    expected_gradient = torch.cat([p.grad.flatten() for p in algo.policy.parameters()])
+    assert metrics["loss/adjoint_matching"] > 1e-3  # not a vanishing loss
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=0)
+    assert torch.allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-6)
+
+
 def test_terminal_adjoint_through_the_clip_and_on_the_executed_part() -> None:
     algo = _make(beta=2.0)  # chunk 2 x Da 2, one action executed: A = 4, A_exec = 2
     final = torch.tensor([[0.5, 2.0, 0.3, -0.3]])
@@ -425,6 +475,24 @@ def test_state_dict_round_trip_gives_identical_updates() -> None:
     assert restored.update(batch) == expected
     for name in ("policy", "base", "bc_policy", "critic"):
         assert torch.equal(_flat(getattr(algo, name)), _flat(getattr(restored, name)))
+
+
+def test_loading_a_checkpoint_keeps_the_fused_optimisers() -> None:
+    # Checkpoints written before the optimisers were fused record fused=None; loading one
+    # must neither fail nor switch the fused kernels off (speed only: same keys and shapes).
+    algo = _make()
+    algo.update(random_rollout(algo, OBS_DIM, seed=0))
+    state = algo.state_dict()
+    for name in ("critic_optimizer", "actor_optimizer"):
+        for group in state[name]["param_groups"]:
+            group["fused"] = None
+    restored = _make()
+    restored.load_state_dict(state)
+    for optimizer in (restored.critic_optimizer, restored.actor_optimizer):
+        assert [group["fused"] for group in optimizer.param_groups] == [True]
+    assert restored.actor_optimizer.state_dict()["state"].keys() == (
+        algo.actor_optimizer.state_dict()["state"].keys()
+    )
 
 
 # ----------------------------------------------------------------------------- bandit toys

@@ -56,6 +56,7 @@ from flowpolicy.algos.offpolicy import (
     check_initial_policy,
     critic_steps,
     fresh_actions,
+    load_optimizer_state,
     q_ensemble_and_optimizer,
     segment_members,
 )
@@ -84,11 +85,12 @@ class QAMConfig:
     experiment scripts cover OGBench only (per-task beta 1-30), with no Gym locomotion settings.
 
     Cost on a CPU: the paper's critic is 10 LayerNorm MLPs of 4x512, and the update-to-data
-    ratio is one critic + actor step (batch 256; per step K - 1 SDE passes, K vector-Jacobian
-    products and 2K batched passes of the actor fields) per *env step*. Measured on the 2-core
-    CPU shared with other jobs at Hopper sizes: about 1 s per gradient step, i.e. about 28 hours
-    of updates per 100k env steps. ``qam_cpu()`` (``--preset qam-cpu``) keeps the method and
-    shrinks the work to about 3 hours per 100k env steps (see there).
+    ratio is one critic + actor step (batch 256; per actor step K passes of each field along
+    the SDE, K vector-Jacobian products of the base, and the backward pass through the K
+    passes of the fine-tuned field) per *env step*. Measured on the 2-core CPU shared with
+    other jobs at Hopper sizes: about 1 s per gradient step, i.e. about 28 hours of updates per
+    100k env steps. ``qam_cpu()`` (``--preset qam-cpu``) keeps the method and
+    shrinks the work to about 2.6 hours per 100k env steps (see there).
     """
 
     # --- rollout ---
@@ -289,9 +291,9 @@ def qam_cpu(**overrides: object) -> QAMConfig:
     """QAM sized for a 2-core CPU: one gradient step per chunk instead of one per env step
     (utd_ratio 0.25 with chunk 4, the reference BC policies' chunk), 10 critic members of
     2x256 instead of 4x512, a 3x256 from-scratch actor, 4 envs x 50 chunk steps per iteration.
-    Measured with a 3x512 residual BC policy (K = 10) at Hopper sizes: 0.09 s per critic step
-    and 0.35 s per actor step, about 3 hours of updates per 100k env steps (the defaults: about
-    28). Keyword overrides win."""
+    Measured with a 3x512 residual BC policy (K = 10) at Hopper sizes on one thread
+    (benchmarks/qam_update_speed.py): 0.08 s per critic step and 0.29 s per actor step, about
+    2.6 hours of updates per 100k env steps (the defaults: about 28). Keyword overrides win."""
     preset = dict(
         num_envs=4,
         utd_ratio=0.25,
@@ -369,35 +371,60 @@ def memoryless_sde(
     x0: Tensor,
     flow_steps: int,
     noise: Tensor | None = None,
-) -> Tensor:
+    return_fields: bool = False,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """The memoryless SDE's chain with the fine-tuned field and a last Euler step of the base.
 
     ``x_{i+1} = x_i + h (2 f(x_i, tau_i) - x_i / (tau_i + h)) + sqrt(h) sigma_i n_i`` for
-    i < K - 1, then ``x_K = x_{K-1} + h f_beta(x_{K-1}, tau_{K-1})``.
+    i < K - 1, then ``x_K = x_{K-1} + h f_beta(x_{K-1}, tau_{K-1})``. No gradient flows along
+    the chain.
+
+    With ``return_fields`` it also returns both fields at every ``(x_i, tau_i)``, i < K, which
+    the adjoint-matching loss needs: the SDE evaluates ``f_theta`` there anyway, so the
+    loss reuses those values and their graphs (when called with gradients enabled) instead of
+    evaluating ``f_theta`` a second time, and ``f_beta`` at the last step serves both the Euler
+    step and the loss.
 
     Args:
         fine: ``f_theta(x (B, A), tau (B,))``. base: ``f_beta``, same signature.
         x0: (B, A) the start, ``N(0, I)`` noise.
         flow_steps: K >= 2.
         noise: (K - 1, B, A) the ``n_i``; default fresh ``N(0, I)`` draws.
+        return_fields: also return the fields along the chain.
 
     Returns:
-        The chain ``x_0 .. x_K``, (K + 1, B, A).
+        The chain ``x_0 .. x_K``, (K + 1, B, A); with ``return_fields`` also ``f_theta`` at
+        ``(x_i, tau_i)``, (K, B, A), with whatever graph ``fine`` builds, and ``f_beta`` there,
+        (K, B, A), without gradient.
     """
     grid = flows.time_grid(flow_steps, x0.device)
     sigmas = sde_sigmas(flow_steps, x0.device)
     h = 1.0 / flow_steps
-    x = x0
-    chain = [x0]
+    x = x0.detach()
+    chain = [x]
+    fine_values: list[Tensor] = []
+    base_values: list[Tensor] = []
     for i in range(flow_steps):
         tau = grid[i].expand(x.shape[0])
         if i < flow_steps - 1:
             n = torch.randn_like(x) if noise is None else noise[i]
-            drift = 2.0 * fine(x, tau) - x / (grid[i] + h)
+            velocity = fine(x, tau)
+            if return_fields:
+                fine_values.append(velocity)
+                with torch.no_grad():
+                    base_values.append(base(x, tau))
+            drift = 2.0 * velocity.detach() - x / (grid[i] + h)
             x = x + h * drift + math.sqrt(h) * sigmas[i] * n
         else:  # the released code ends with a plain Euler step of the base field
-            x = x + h * base(x, tau)
+            with torch.no_grad():
+                base_velocity = base(x, tau)
+            if return_fields:
+                fine_values.append(fine(x, tau))
+                base_values.append(base_velocity)
+            x = x + h * base_velocity
         chain.append(x)
+    if return_fields:
+        return torch.stack(chain), torch.stack(fine_values), torch.stack(base_values)
     return torch.stack(chain)
 
 
@@ -524,7 +551,10 @@ class QAM:
         self.critic, self.critic_optimizer = q_ensemble_and_optimizer(
             obs_dim, self.executed_dim, config
         )
-        self.actor_optimizer = torch.optim.Adam(self.actor_parameters(), lr=config.actor_lr)
+        # fused: one kernel instead of a loop of small ops per tensor (see the critic's).
+        self.actor_optimizer = torch.optim.Adam(
+            self.actor_parameters(), lr=config.actor_lr, fused=True
+        )
         self.td_settings = TDSettings(
             config.chunk_gamma,
             config.td_lambda,
@@ -566,11 +596,14 @@ class QAM:
         fine, _ = self._fields(obs_normalised)
         return flows.euler_sample(fine, x0, self.policy.flow_steps)
 
-    def _sde_chain(self, obs_normalised: Tensor) -> Tensor:
-        """A memoryless-SDE chain (K + 1, B, A) from fresh noise."""
+    def _sde_chain(
+        self, obs_normalised: Tensor, return_fields: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """A memoryless-SDE chain (K + 1, B, A) from fresh noise; with ``return_fields`` also
+        both fields along it, (K, B, A) each (see :func:`memoryless_sde`)."""
         x0 = self.policy.initial_noise(obs_normalised.shape[0], "random", obs_normalised.device)
         fine, base = self._fields(obs_normalised)
-        return memoryless_sde(fine, base, x0, self.policy.flow_steps)
+        return memoryless_sde(fine, base, x0, self.policy.flow_steps, return_fields=return_fields)
 
     def critic_input(self, raw: Tensor) -> Tensor:
         """Raw chunks (..., A) -> what the critic sees: the squashed executed part (..., A_exec)."""
@@ -694,19 +727,13 @@ class QAM:
         """The adjoint-matching loss (plus the port's velocity MSE) on normalised obs (B, Do)."""
         cfg = self.config
         flow_steps = self.policy.flow_steps
-        batch = obs_normalised.shape[0]
         _, base = self._fields(obs_normalised)
-        with torch.no_grad():
-            chain = self._sde_chain(obs_normalised)  # (K + 1, B, A)
+        # One pass along the chain gives the loss both fields at every (x_i, tau_i), each
+        # (K, B, A): f_theta with its graph, f_beta without. The chain has no gradient.
+        chain, fine_velocity, base_velocity = self._sde_chain(obs_normalised, return_fields=True)
         terminal = self.terminal_adjoint(obs_normalised, chain[-1], action_gradient)
         adjoints = lean_adjoint(base, chain, terminal, flow_steps)  # (K, B, A)
-        x = chain[:-1].flatten(0, 1)  # (K*B, A)
-        tau = flows.time_grid(flow_steps, x.device).repeat_interleave(batch)  # (K*B,)
-        obs_k = obs_normalised.repeat(flow_steps, 1)  # (K*B, Do)
-        fine_velocity = self.policy.velocity(obs_k, x, tau).view(flow_steps, batch, -1)
-        with torch.no_grad():
-            base_velocity = self.base.velocity(obs_k, x, tau).view(flow_steps, batch, -1)
-        sigmas = sde_sigmas(flow_steps, x.device)
+        sigmas = sde_sigmas(flow_steps, chain.device)
         matching = adjoint_matching_loss(fine_velocity, base_velocity, adjoints, sigmas).mean()
         loss = matching
         with torch.no_grad():
@@ -780,8 +807,8 @@ class QAM:
         if self.bc_policy is not None:
             self.bc_policy.load_state_dict(state["bc_policy"])
         self.critic.load_state_dict(state["critic"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
+        load_optimizer_state(self.actor_optimizer, state["actor_optimizer"])
         self.replay.load_state_dict(state["replay"])
         self.reward_ema = state["reward_ema"]
         self.iterations = state["iterations"]

@@ -59,6 +59,7 @@ from flowpolicy.algos.offpolicy import (
     check_initial_policy,
     critic_steps,
     fresh_actions,
+    load_optimizer_state,
     q_ensemble_and_optimizer,
     segment_members,
 )
@@ -698,7 +699,7 @@ class RLDT:
         self.policy.load_state_dict(state["policy"])
         self.reference.load_state_dict(state["reference"])
         self.critic.load_state_dict(state["critic"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.actor_scheduler.load_state_dict(state["actor_scheduler"])
         self.replay.load_state_dict(state["replay"])
