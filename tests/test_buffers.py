@@ -1,5 +1,6 @@
 """RolloutBuffer: shapes, per-name records, fullness checks. TrajectoryReplay: FIFO, the fresh
-fraction of a round, state round trip."""
+fraction of a round, state round trip, transition draws equal to a by-hand reference (fill-up,
+eviction, reload) and never stale."""
 
 from __future__ import annotations
 
@@ -164,3 +165,108 @@ def test_replay_state_dict_round_trip() -> None:
     assert _tags(restored.fresh) == _tags(replay.fresh)
     restored.add(_segments(3))
     assert _tags(restored.old) == [200, 201, 202, 203]  # FIFO capacity survived the round trip
+
+
+# ----------------------------------------------------------------------------- replay transitions
+
+
+def _random_segments(generator: torch.Generator, num: int, steps: int = 5) -> TrajectoryBatch:
+    """``num`` segments of random, distinct values in every field."""
+    return TrajectoryBatch(
+        obs=torch.randn(num, steps, 3, generator=generator),
+        actions=torch.randn(num, steps, 2, generator=generator),
+        rewards=torch.randn(num, steps, generator=generator),
+        next_obs=torch.randn(num, steps, 3, generator=generator),
+        terminated=torch.rand(num, steps, generator=generator),
+        dones=torch.rand(num, steps, generator=generator),
+    )
+
+
+def _reference_transitions(
+    stored: list[TrajectoryBatch], batch_size: int, generator: torch.Generator | None
+) -> TrajectoryBatch:
+    """What ``sample_transitions`` returns, the slow way: one ``randint`` over all stored
+    transitions (oldest iteration first, then segment, then step), each looked up by hand."""
+    total = sum(batch.rewards.numel() for batch in stored)
+    rows: list[tuple[TrajectoryBatch, int, int]] = []
+    for m in torch.randint(total, (batch_size,), generator=generator).tolist():
+        for batch in stored:
+            if m < batch.rewards.numel():
+                break
+            m -= batch.rewards.numel()
+        rows.append((batch, *divmod(m, batch.rewards.shape[1])))
+    names = ("obs", "actions", "rewards", "next_obs", "terminated", "dones")
+    return TrajectoryBatch(
+        *(torch.stack([getattr(b, name)[s, t : t + 1] for b, s, t in rows]) for name in names)
+    )
+
+
+def _assert_same(got: TrajectoryBatch, want: TrajectoryBatch) -> None:
+    for name, expected in want.state_dict().items():
+        assert torch.equal(getattr(got, name), expected), name
+
+
+def _check_draws(replay: TrajectoryReplay, stored: list[TrajectoryBatch]) -> None:
+    """Seeded draws (own generators and the global RNG) equal the reference's, and use the
+    global RNG exactly as it does."""
+    for seed, batch_size in ((0, 1), (1, 7), (2, 64)):
+        got = replay.sample_transitions(batch_size, torch.Generator().manual_seed(seed))
+        _assert_same(
+            got, _reference_transitions(stored, batch_size, torch.Generator().manual_seed(seed))
+        )
+        assert got.obs.shape == (batch_size, 1, 3) and got.rewards.shape == (batch_size, 1)
+    torch.manual_seed(3)
+    got, after = replay.sample_transitions(40), torch.rand(3)
+    torch.manual_seed(3)
+    _assert_same(got, _reference_transitions(stored, 40, None))
+    assert torch.equal(torch.rand(3), after)
+
+
+def test_sample_transitions_matches_a_reference_through_fill_up_eviction_and_reload() -> None:
+    generator = torch.Generator().manual_seed(0)
+    replay = TrajectoryReplay(capacity=3)
+    added: list[TrajectoryBatch] = []
+    for num in (2, 3, 1, 4, 2):  # fill up, then two evictions; S varies per iteration
+        added.append(_random_segments(generator, num))
+        replay.add(added[-1])
+        _check_draws(replay, added[-3:])
+    restored = TrajectoryReplay(capacity=1)
+    restored.load_state_dict(replay.state_dict())
+    _check_draws(restored, added[-3:])
+    added.append(_random_segments(generator, 3))
+    restored.add(added[-1])  # evicts again after the reload
+    _check_draws(restored, added[-3:])
+
+
+def test_sample_transitions_sees_every_add_eviction_and_load() -> None:
+    def drawn_tags(replay: TrajectoryReplay) -> set[int]:
+        sample = replay.sample_transitions(400, torch.Generator().manual_seed(0))
+        return {int(x) for x in sample.rewards[:, 0]}
+
+    replay = TrajectoryReplay(capacity=2)
+    replay.add(_segments(0))
+    assert drawn_tags(replay) == {0, 1, 2, 3}
+    replay.add(_segments(1))
+    assert drawn_tags(replay) == {0, 1, 2, 3, 100, 101, 102, 103}
+    replay.add(_segments(2))  # drops iteration 0
+    assert drawn_tags(replay) == {100, 101, 102, 103, 200, 201, 202, 203}
+    other = TrajectoryReplay(capacity=2)
+    other.add(_segments(7, num=2))
+    replay.load_state_dict(other.state_dict())
+    assert drawn_tags(replay) == {700, 701}
+
+
+def test_sampling_leaves_the_stored_data_unchanged() -> None:
+    generator = torch.Generator().manual_seed(1)
+    replay = TrajectoryReplay(capacity=2)
+    for num in (2, 3, 4):
+        replay.add(_random_segments(generator, num))
+    before = [
+        {k: v.clone() for k, v in batch.items()} for batch in replay.state_dict()["iterations"]
+    ]
+    replay.sample_transitions(10)
+    after = replay.state_dict()["iterations"]
+    assert [batch.keys() for batch in after] == [batch.keys() for batch in before]
+    for got, want in zip(after, before, strict=True):
+        for name in want:
+            assert torch.equal(got[name], want[name]) and got[name].shape == want[name].shape
