@@ -35,7 +35,7 @@ import tyro
 
 from flowpolicy.envs import make_env
 from flowpolicy.policy_io import load_policy_file
-from flowpolicy.results import read_config, read_done, read_metrics, return_key
+from flowpolicy.results import load_run
 from flowpolicy.train import load_policy
 
 
@@ -114,10 +114,9 @@ def scalar_peaks(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[float,
 
 
 def describe_run(run_dir: Path, decisions: int, seed: int) -> list[str]:
-    """One table row: the run (last three path parts), seed, finished?, last eval, the two policies' drift, the peaks."""
-    config = read_config(run_dir)
-    env_id = config["env"]
-    start = raw_action_stats(load_policy_file(run_dir / "init_policy.pt"), env_id, decisions, seed)
+    """One table row: the run (last three path parts), seed, finished?, last evaluation, the
+    starting and final policies' drift, the peaks of the logged losses."""
+    run = load_run(run_dir)
     policy = load_policy(run_dir)
     if not hasattr(policy, "sample"):
         raise SystemExit(
@@ -125,13 +124,11 @@ def describe_run(run_dir: Path, decisions: int, seed: int) -> list[str]:
             "returns raw actions. Pass runs of methods that tune the flow or diffusion policy "
             "itself (fpo, fpo++, reinflow, rldt, qam); DPPO's split policy is not supported."
         )
-    end = raw_action_stats(policy, env_id, decisions, seed)
-    evaluations = [r for r in read_metrics(run_dir) if return_key("zero") in r]
-    last_eval = (
-        f"{evaluations[-1][return_key('zero')]:.0f} ({evaluations[-1]['step'] // 1000}k)"
-        if evaluations
-        else "-"
-    )
+    initial_policy = load_policy_file(run_dir / "init_policy.pt")
+    start = raw_action_stats(initial_policy, run.env, decisions, seed)
+    end = raw_action_stats(policy, run.env, decisions, seed)
+    steps, zero_returns = run.curve.steps, run.curve.returns["zero"]
+    last_eval = f"{zero_returns[-1]:.0f} ({steps[-1] // 1000}k)" if len(steps) else "-"
     peaks = scalar_peaks(run_dir, ("policy/cfm_loss", "loss/grad_norm"))
 
     def peak(tag: str) -> str:
@@ -142,8 +139,8 @@ def describe_run(run_dir: Path, decisions: int, seed: int) -> list[str]:
 
     return [
         "/".join(run_dir.parts[-3:]),  # env/method/seedN in the benchmark's layout
-        str(config["seed"]),
-        "yes" if read_done(run_dir) else "no",
+        str(run.seed),
+        "yes" if run.finished else "no",
         last_eval,
         f"{start.past_bound:.1%} / {start.far_past_bound:.1%} / {start.max_abs:.1f}",
         f"{end.past_bound:.1%} / {end.far_past_bound:.1%} / {end.max_abs:.1f}",
