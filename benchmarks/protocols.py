@@ -364,6 +364,12 @@ MULTIMODALITY = Protocol(
             source="the same with the paper's constraint reference: the frozen initial policy",
         ),
         Method(
+            "rldt-td0",
+            ("rldt", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR, "--actor-lr", "1e-3", "--td-lambda", "0"),
+            source="rldt with the authors' 1-step TD critic targets instead of the CPU default "
+            "TD(0.95) (the same on the bandit, whose episodes are one step)",
+        ),
+        Method(
             "qam",
             ("qam", "--preset", "qam-cpu", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR),
             source="qam_cpu() in the toy regime (not tuned on the toys)",
