@@ -245,6 +245,7 @@ TOY_BATCH = ("--num-envs", "64", "--num-steps", "16")
 TOY_CHUNK = ("--chunk", "1", "--chunk-exec", "1")
 TOY_PPO = (*TOY_BATCH, "--num-minibatches", "4", "--update-epochs", "10", "--anneal-lr", "False")
 TOY_ACTOR = ("--actor-hidden", "64", "64", "64")  # the broad BC policies' residual 3x64
+TOY_RLDT = ("rldt", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR, "--actor-lr", "1e-3")  # its bandit toy
 LATE_TAU = ("--tau-sampling", "uniform", "--tau-min", "0.8", "--output-scale", "0.05")
 
 MULTIMODALITY = Protocol(
@@ -346,26 +347,17 @@ MULTIMODALITY = Protocol(
         ),
         Method(
             "rldt",
-            ("rldt", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR, "--actor-lr", "1e-3"),
+            TOY_RLDT,
             source="docs/rldt.md's bandit toy (defaults, actor lr 1e-3, residual 3x64 actor)",
         ),
         Method(
             "rldt-initial-ref",
-            (
-                "rldt",
-                *TOY_BATCH,
-                *TOY_CHUNK,
-                *TOY_ACTOR,
-                "--actor-lr",
-                "1e-3",
-                "--reference",
-                "initial",
-            ),  # fmt: skip
+            (*TOY_RLDT, "--reference", "initial"),
             source="the same with the paper's constraint reference: the frozen initial policy",
         ),
         Method(
             "rldt-td0",
-            ("rldt", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR, "--actor-lr", "1e-3", "--td-lambda", "0"),
+            (*TOY_RLDT, "--td-lambda", "0"),
             source="rldt with the authors' 1-step TD critic targets instead of the CPU default "
             "TD(0.95) (the same on the bandit, whose episodes are one step)",
         ),
