@@ -17,9 +17,9 @@ the training command, the harness command line, git commit and dirty flag, machi
 (earlier launches of the same run are kept under ``launches``).
 
 Then it collects every completed run of the selection (runs without ``done.json`` are listed,
-not counted) together with the protocol's other completed runs on the selected envs (other
-methods, other seeds found on disk), so that launching one more method or seed adds to the
-results page instead of replacing it, and writes into ``--docs-dir``:
+not counted) together with the protocol's other completed runs found on disk (other methods,
+other seeds, the protocol's other envs), so that launching one more method, seed or env adds
+to the results page instead of replacing it, and writes into ``--docs-dir``:
 
 - ``<protocol>.md``: per env a table (final return mean ± std over seeds in zero and random
   sampling, BC → final for fine-tuning, wall-clock, env steps/s), a per-seed table and the
@@ -27,6 +27,9 @@ results page instead of replacing it, and writes into ``--docs-dir``:
   optima / routes each method's final policies cover;
 - ``<protocol>.json`` (every number), ``<protocol>.csv`` (a row per env and method);
 - ``<protocol>_<env>.png`` (return vs env steps), ``<protocol>_<env>_wall_clock.png``.
+
+Measuring the modes a final toy policy covers rolls out its policy; the result is kept in the
+run directory (``coverage.json``) so that collecting again does not repeat it.
 
 Examples:
     # the whole fine-tuning protocol, two runs at a time, at low priority
@@ -450,12 +453,40 @@ def nav_coverage(policy: torch.nn.Module, episodes: int = 100, seed: int = 0) ->
     return Coverage(sum(s >= MIN_SHARE for s in shares), shares, float(success.mean()))
 
 
+COVERAGE_FILE = "coverage.json"
+COVERAGE_VERSION = 1
+"""Stored with each run's coverage.json; bump it when bandit_coverage or nav_coverage changes
+what it measures, so that collecting measures every run again."""
+
+
 def measure_coverage(run_dir: Path, env: str) -> Coverage | None:
-    """Coverage of a finished run's final policy (None for envs without countable modes)."""
+    """Coverage of a finished run's final policy (None for envs without countable modes).
+
+    The measurement is cached in ``run_dir/coverage.json`` (nav rolls out 100 episodes of the
+    final policy, minutes for some methods) and reused while the run's ``done.json`` and
+    :data:`COVERAGE_VERSION` are the ones it was measured with.
+    """
     if env not in COVERAGE_ENVS:
         return None
+    cache = run_dir / COVERAGE_FILE
+    key = {
+        "version": COVERAGE_VERSION,
+        "env": env,
+        "done": json.loads((run_dir / "done.json").read_text()),
+    }
+    if cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved["key"] == key:
+                return Coverage(**saved["coverage"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged or older cache: measure again and overwrite it
     policy = load_policy(run_dir)
-    return bandit_coverage(policy) if env == "toy/bandit" else nav_coverage(policy)
+    coverage = bandit_coverage(policy) if env == "toy/bandit" else nav_coverage(policy)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "coverage": asdict(coverage)}, indent=2) + "\n")
+    os.replace(tmp, cache)  # atomic: a collect killed mid-write leaves no torn cache
+    return coverage
 
 
 def coverage_row(method: str, coverages: Sequence[Coverage], env: str) -> dict:
@@ -735,7 +766,8 @@ def run_protocol(
     command = command or shlex.join(["python", *sys.argv])
     if not collect_only:
         run_all(runs, jobs, nice, command)
-    envs = list(dict.fromkeys(run.env for run in runs))
+    # the protocol's env order, so that the page's layout does not depend on the selection
+    envs = list(dict.fromkeys([*protocol.budgets, *(run.env for run in [*runs, *also_collect])]))
     methods = [method.name for method in protocol.methods]
     report = sorted(
         [*runs, *also_collect],
@@ -753,12 +785,14 @@ def run_protocol(
 
 
 def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run]) -> list[Run]:
-    """The protocol's completed runs under ``root`` on the selected envs that the selection
-    left out: other methods, and any ``seed<k>`` directory on disk (budgets as planned)."""
+    """The protocol's completed runs under ``root`` that the selection left out: other
+    methods, any ``seed<k>`` directory on disk, and the protocol's other envs (budgets as
+    planned: the selection's on its envs, the protocol's on the others)."""
     chosen = {run.run_dir for run in selected}
+    budgets = {run.env: run.budget for run in selected}
     extra = []
-    for env in dict.fromkeys(run.env for run in selected):
-        budget = next(run.budget for run in selected if run.env == env)
+    for env in dict.fromkeys([*budgets, *protocol.budgets]):
+        budget = budgets.get(env) or protocol.budgets.get(env, protocol.default_budget)
         for method in protocol.methods:
             if method.envs is not None and env not in method.envs:
                 continue
@@ -772,7 +806,7 @@ def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run])
 def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
     """Plan the selection of ``args`` (this script's or from_scratch.py's Args: the same
     selection and running options) under ``root``, run what is missing, then collect the
-    selection and the protocol's other completed runs on the same envs."""
+    selection and the protocol's other completed runs (every env)."""
     runs = plan(
         protocol,
         root,

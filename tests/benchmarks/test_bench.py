@@ -350,25 +350,60 @@ def test_collect_writes_tables_json_csv_and_plots(tmp_path: Path) -> None:
 
 
 def test_a_partial_launch_adds_to_the_page_instead_of_replacing_it(tmp_path: Path) -> None:
-    """Collecting one method and seed also tabulates the other completed runs on that env."""
+    """Collecting one method, seed and env also tabulates the protocol's other completed runs:
+    other methods and seeds on that env, and the protocol's other envs."""
     protocol = tiny_protocol(tmp_path / "reference")
     root = tmp_path / "runs"
     for method, seed, final in (("tuned", 0, 100.0), ("tuned", 3, 300.0), ("script", 0, 50.0)):
         fake_finetune_run(root / "toy_nav" / method / f"seed{seed}", final, final)
     (root / "toy_nav" / "tuned" / "seed5").mkdir()  # stopped: no done.json, not counted
     fake_finetune_run(root / "toy_bandit" / "tuned" / "seed0", 7.0, 7.0)  # env not selected
+    fake_finetune_run(root / "other_env" / "tuned" / "seed0", 9.0, 9.0)  # not the protocol's
     args = SimpleNamespace(
         envs=["toy/nav"], methods=["script"], seeds=[0], steps=(), eval_every=None,
         eval_episodes=None, docs_dir=tmp_path / "docs", jobs=1, nice=0, collect_only=True,
     )  # fmt: skip
     bench.plan_and_run(protocol, root, args)
     raw = json.loads((tmp_path / "docs" / "tiny.json").read_text())
-    assert list(raw["results"]) == ["toy/nav"]
+    assert list(raw["results"]) == ["toy/bandit", "toy/nav"]  # the protocol's env order
     rows = {s["method"]: s for s in raw["results"]["toy/nav"]}
     assert list(rows) == ["tuned", "script"]  # the protocol's method order
     assert rows["tuned"]["seeds"] == [0, 3] and rows["tuned"]["return_mean"]["zero"] == 200.0
     assert rows["script"]["seeds"] == [0]
+    (bandit,) = raw["results"]["toy/bandit"]
+    assert bandit["method"] == "tuned" and bandit["return_mean"]["zero"] == 7.0
+    assert raw["budgets"]["toy/bandit"] == {"total_steps": 64, "eval_every": 32, "eval_episodes": 2}
     assert raw["missing"] == []
+    assert "## toy/bandit" in (tmp_path / "docs" / "tiny.md").read_text()
+
+
+def test_coverage_is_measured_once_per_finished_run(tmp_path: Path, monkeypatch) -> None:
+    """measure_coverage keeps its result in coverage.json and measures again only when the
+    run finished again, the cache is damaged, or COVERAGE_VERSION changed."""
+    run_dir = tmp_path / "run"
+    fake_finetune_run(run_dir, 1.0, 1.0)
+    loads = []
+    optima = BanditEnv().optima.tolist()
+
+    def load_fixed(path: Path) -> torch.nn.Module:
+        loads.append(path)
+        return Fixed(optima[: 1 + len(loads) % 4])  # a different policy at each load
+
+    monkeypatch.setattr(bench, "load_policy", load_fixed)
+    first = bench.measure_coverage(run_dir, "toy/bandit")
+    assert len(loads) == 1 and first.covered == 2
+    assert bench.measure_coverage(run_dir, "toy/bandit") == first and len(loads) == 1
+    assert bench.measure_coverage(run_dir, "Hopper-v5") is None and len(loads) == 1
+
+    (run_dir / "done.json").write_text('{"step": 4000}')  # the run was finished again
+    second = bench.measure_coverage(run_dir, "toy/bandit")
+    assert len(loads) == 2 and second.covered == 3
+    (run_dir / "coverage.json").write_text("{torn")
+    assert bench.measure_coverage(run_dir, "toy/bandit").covered == 4 and len(loads) == 3
+    assert bench.measure_coverage(run_dir, "toy/bandit").covered == 4 and len(loads) == 3
+    monkeypatch.setattr(bench, "COVERAGE_VERSION", bench.COVERAGE_VERSION + 1)
+    assert bench.measure_coverage(run_dir, "toy/bandit").covered == 1 and len(loads) == 4
+    assert not (run_dir / "coverage.json.tmp").exists()
 
 
 # --------------------------------------------------------------------------------------------
