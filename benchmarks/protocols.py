@@ -359,7 +359,9 @@ MULTIMODALITY = Protocol(
             "rldt-td0",
             (*TOY_RLDT, "--td-lambda", "0"),
             source="rldt with the authors' 1-step TD critic targets instead of the CPU default "
-            "TD(0.95) (the same on the bandit, whose episodes are one step)",
+            "TD(0.95); toy/nav only (on the bandit every episode is one step, so both targets "
+            "are the reward and the runs would repeat rldt's)",
+            envs=("toy/nav",),
         ),
         Method(
             "qam",
