@@ -253,7 +253,7 @@ def plan(
             raise UserError(f"{name} must be positive, got {value}.")
     runs = []
     for env in envs:
-        base = protocol.budgets.get(env, protocol.default_budget)
+        base = protocol.budget(env)
         budget = Budget(
             total_steps=overrides.get(env, base.total_steps),
             eval_every=eval_every or base.eval_every,
@@ -792,7 +792,7 @@ def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run])
     budgets = {run.env: run.budget for run in selected}
     extra = []
     for env in dict.fromkeys([*budgets, *protocol.budgets]):
-        budget = budgets.get(env) or protocol.budgets.get(env, protocol.default_budget)
+        budget = budgets.get(env) or protocol.budget(env)
         for method in protocol.methods:
             if method.envs is not None and env not in method.envs:
                 continue

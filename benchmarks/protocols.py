@@ -103,6 +103,10 @@ class Protocol:
                 return method
         raise KeyError(name)
 
+    def budget(self, env: str) -> Budget:
+        """The budget of ``env``: its own, or the default for an env the protocol does not list."""
+        return self.budgets.get(env, self.default_budget)
+
 
 # --------------------------------------------------------------------------------------------
 # From scratch
