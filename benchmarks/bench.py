@@ -6,8 +6,11 @@ thread (``python -m flowpolicy train ...``), ``--jobs`` at a time, writing into
 ``<runs-root>/<protocol>/<env>/<method>/seed<k>`` with its output in ``train.log`` there:
 
 - a run directory with ``done.json`` is complete and skipped;
-- one with a checkpoint but no ``done.json`` (stopped, killed) continues with
+- one with a checkpoint but no ``done.json`` (killed, crashed) continues with
   ``flowpolicy train --resume RUN_DIR`` (same numbers as if it had never stopped);
+- one that a NaN/inf loss stopped (``stopped.json``, written by ``flowpolicy train``) is not
+  relaunched, because resuming would replay the same numbers into the same stop; the results
+  page lists it with its step and reason (delete ``stopped.json`` to resume it anyway);
 - a run whose pretrained policy (``--init``) is missing is skipped with the command that makes
   it;
 - a run that another ``bench.py`` is running (its ``bench.lock`` is held) is left alone.
@@ -16,8 +19,8 @@ Every launch writes ``bench.json`` into the run directory: protocol, method, env
 the training command, the harness command line, git commit and dirty flag, machine and time
 (earlier launches of the same run are kept under ``launches``).
 
-Then it collects every completed run of the selection (runs without ``done.json`` are listed,
-not counted) together with the protocol's other completed runs found on disk (other methods,
+Then it collects every completed run of the selection (stopped runs and runs without
+``done.json`` are listed, not counted) together with the protocol's other completed runs found on disk (other methods,
 other seeds, the protocol's other envs), so that launching one more method, seed or env adds
 to the results page instead of replacing it, and writes into ``--docs-dir``:
 
@@ -79,6 +82,7 @@ from results import (
     summarize,
 )
 
+from flowpolicy.checkpoint import STOPPED_NAME, read_stop
 from flowpolicy.envs import BanditEnv, NavEnv, optimum_coverage, route_of
 from flowpolicy.errors import UserError
 from flowpolicy.plot import CSV_COLUMNS, Panel, csv_row, learning_curve_figure, save_figure
@@ -86,7 +90,7 @@ from flowpolicy.train import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 ProtocolName = Literal["from_scratch", "finetune", "multimodality"]
-State = Literal["done", "resume", "new", "missing"]
+State = Literal["done", "stopped", "resume", "new", "missing"]
 
 
 def default_jobs() -> int:
@@ -182,9 +186,12 @@ class Run:
         return f"missing prerequisite: {shown} (make it with {make})"
 
     def state(self) -> State:
-        """done (skip), resume (continue from the checkpoint), new, or missing (prerequisite)."""
+        """done (skip), stopped (by a NaN/inf loss: skip), resume (continue from the checkpoint),
+        new, or missing (prerequisite)."""
         if (self.run_dir / "done.json").exists():
             return "done"
+        if read_stop(self.run_dir) is not None:
+            return "stopped"
         if self.method.script is None and (self.run_dir / "checkpoint.pt").exists():
             return "resume"  # a resumed run reads its own copy of the --init policy
         return "missing" if self.missing_prerequisite() else "new"
@@ -334,7 +341,7 @@ def launch(run: Run, nice: int, launched_by: str) -> Outcome:
         if not mine:
             return Outcome(run, "busy")
         state = run.state()  # again under the lock: another process may have finished it
-        if state in ("done", "missing"):
+        if state in ("done", "stopped", "missing"):
             return Outcome(run, "skipped")
         command = run.resume_command() if state == "resume" else run.command()
         if nice:
@@ -358,6 +365,15 @@ def execute(command: list[str], log_path: Path) -> int:
     return done.returncode
 
 
+def stop_text(run_dir: Path) -> str:
+    """Why and where a NaN/inf loss stopped the run in ``run_dir`` (its ``stopped.json``)."""
+    stop = read_stop(run_dir)
+    return (
+        f"stopped at step {stop['step']:,} ({stop['reason']}); not relaunched, since resuming "
+        f"would replay the same stop (delete {run_dir / STOPPED_NAME} to resume it anyway)"
+    )
+
+
 def run_all(runs: Sequence[Run], jobs: int, nice: int, launched_by: str) -> list[Outcome]:
     """Launch every run that is not done and has its prerequisite, ``jobs`` at a time, and
     report each ending."""
@@ -365,11 +381,12 @@ def run_all(runs: Sequence[Run], jobs: int, nice: int, launched_by: str) -> list
         raise UserError(f"--jobs must be at least 1, got {jobs}.")
     states = {run: run.state() for run in runs}
     pending = [run for run in runs if states[run] in ("new", "resume")]
-    skipped = [run for run in runs if states[run] == "missing"]
+    skipped = [run for run in runs if states[run] in ("missing", "stopped")]
     done = sum(state == "done" for state in states.values())
     print(f"{done} of {len(runs)} runs already done; {len(pending)} to run", flush=True)
     for run in skipped:
-        print(f"skipped {run.label()}: {run.missing_prerequisite()}", flush=True)
+        why = run.missing_prerequisite() if states[run] == "missing" else stop_text(run.run_dir)
+        print(f"skipped {run.label()}: {why}", flush=True)
     outcomes = [Outcome(run, "skipped") for run in skipped]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(launch, run, nice, launched_by) for run in pending]
@@ -535,7 +552,9 @@ class Collected:
     curves: dict[str, dict[str, list[Curve]]] = field(default_factory=dict)
     results: dict[str, dict[str, list[RunResult]]] = field(default_factory=dict)
     missing: list[Run] = field(default_factory=list)
-    """selected runs without done.json."""
+    """selected runs without done.json that were not stopped."""
+    stopped: list[tuple[Run, dict]] = field(default_factory=list)
+    """selected runs that a NaN/inf loss stopped, with their stopped.json."""
 
 
 def collect(runs: Sequence[Run]) -> Collected:
@@ -547,7 +566,10 @@ def collect(runs: Sequence[Run]) -> Collected:
             results = []
             for run in (r for r in runs if r.env == env and r.method.name == method):
                 result = load_run(run.run_dir, env, method, run.seed)
-                if result is None:
+                stop = read_stop(run.run_dir) if result is None else None
+                if stop is not None:
+                    out.stopped.append((run, stop))
+                elif result is None:
                     out.missing.append(run)
                 else:
                     results.append(result)
@@ -663,6 +685,14 @@ def page(
             lines += [f"![{env} learning curves]({plots[env][0].name})", ""]
             lines += [f"![{env} learning curves, wall-clock]({p.name})" for p in plots[env][1:]]
             lines += [""]
+    if collected.stopped:
+        lines += ["## Stopped by a NaN/inf loss (stopped.json; not counted above)", ""]
+        lines += [
+            f"- {run.env} / {run.method.name} / seed {run.seed}: at step {stop['step']:,} "
+            f"({stop['reason']})"
+            for run, stop in collected.stopped
+        ]
+        lines += [""]
     if collected.missing:
         lines += ["## Not completed (no done.json)", ""]
         for run in collected.missing:
@@ -743,6 +773,10 @@ def collect_and_write(
             }
             for r in collected.missing
         ],
+        "stopped": [
+            {"env": r.env, "method": r.method.name, "seed": r.seed, **stop}
+            for r, stop in collected.stopped
+        ],
     }
     stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
     write_csv(stem.with_suffix(".csv"), collected, coverage)
@@ -779,13 +813,15 @@ def run_protocol(
         if coverage.get(env):
             print(coverage_table(coverage[env], env))
     print(f"\nwrote {len(files)} files to {docs_dir}: {', '.join(f.name for f in files)}")
+    if collected.stopped:
+        print(f"{len(collected.stopped)} run(s) stopped by a NaN/inf loss (listed on the page)")
     if collected.missing:
         print(f"{len(collected.missing)} selected run(s) not completed")
     return collected
 
 
 def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run]) -> list[Run]:
-    """The protocol's completed runs under ``root`` that the selection left out: other
+    """The protocol's completed or stopped runs under ``root`` that the selection left out: other
     methods, any ``seed<k>`` directory on disk, and the protocol's other envs (budgets as
     planned: the selection's on its envs, the protocol's on the others)."""
     chosen = {run.run_dir for run in selected}
@@ -798,7 +834,8 @@ def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run])
                 continue
             for run_dir in method_dir(root, env, method.name).glob("seed*"):
                 seed = run_dir.name.removeprefix("seed")
-                if seed.isdigit() and (run_dir / "done.json").exists() and run_dir not in chosen:
+                ended = (run_dir / "done.json").exists() or (run_dir / STOPPED_NAME).exists()
+                if seed.isdigit() and ended and run_dir not in chosen:
                     extra.append(Run(protocol.name, env, method, int(seed), budget, run_dir))
     return extra
 

@@ -251,8 +251,17 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkey
     config = small_config(tmp_path, bandit_dataset(tmp_path / "b.hdf5"))
     with pytest.raises(UserError, match="nan|NaN") as error:
         pretrain(config)
-    assert "--resume" in str(error.value)
-    assert load_checkpoint(Path(config.run_dir) / "checkpoint.pt")["loop"]["step"] == 20
+    assert "--learning-rate" in str(error.value) and "stopped.json" in str(error.value)
+    run_dir = Path(config.run_dir)
+    assert load_checkpoint(run_dir / "checkpoint.pt")["loop"]["step"] == 20
+    stop = json.loads((run_dir / "stopped.json").read_text())
+    assert stop["step"] == 25 and stop["checkpoint_step"] == 20 and "nan" in stop["reason"]
+    # Resuming would replay the same numbers into the same stop: refused, unless the record goes.
+    with pytest.raises(UserError, match="stopped at step 25"):
+        resume(run_dir)
+    (run_dir / "stopped.json").unlink()
+    with pytest.raises(UserError, match="^Pretraining stopped at step 20"):  # resumed, poisoned
+        resume(run_dir)
 
 
 def test_invalid_config():

@@ -137,11 +137,19 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkey
     config = small_config(tmp_path, FPOConfig(**SMALL_FPO))
     with pytest.raises(UserError, match="NaN|nan") as error:
         train(config)
-    assert "checkpoint" in str(error.value) and "--resume" in str(error.value)
-    checkpoint = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")
+    assert "checkpoint" in str(error.value) and "--max-grad-norm" in str(error.value)
+    run_dir = Path(config.run_dir)
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["loop"]["iteration"] == 2  # 4 minibatch steps per update: 2 good updates
     for tensor in checkpoint["algo"]["policy"].values():
         assert torch.isfinite(tensor).all()
+    stop = json.loads((run_dir / "stopped.json").read_text())
+    steps_per_update = checkpoint["loop"]["global_step"] // 2
+    assert stop["checkpoint_step"] == checkpoint["loop"]["global_step"]
+    assert stop["step"] == 3 * steps_per_update and "nan" in stop["reason"]
+    # Resuming would replay the same numbers into the same stop: refused with the reason.
+    with pytest.raises(UserError, match="stopped at step .*--learning-rate"):
+        resume(run_dir)
 
 
 def test_refuses_to_overwrite_an_existing_run(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,71 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "is damaged or was not written by flowpolicy; restore it from a backup or start a "
             "new run."
         ) from error
+
+
+STOPPED_NAME = "stopped.json"
+"""Written into a run directory when a NaN/inf loss stopped the run (see :func:`record_stop`)."""
+
+
+def save_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def record_stop(
+    run_dir: str | Path, step: int, checkpoint_step: int | None, reason: str, what: str
+) -> UserError:
+    """Record in ``run_dir/stopped.json`` that a non-finite loss stopped the run at ``step``,
+    and return the error to raise (``what``: "Training" or "Pretraining").
+
+    Resuming repeats the same numbers from the last checkpoint (``checkpoint_step``, None if
+    none was written), so the run would stop at the same step again:
+    :func:`refuse_resume_if_stopped` turns that into a clear error, and the benchmark harness
+    reports the run as stopped instead of relaunching it.
+    """
+    path = Path(run_dir) / STOPPED_NAME
+    save_json(path, {"step": step, "checkpoint_step": checkpoint_step, "reason": reason})
+    kept = (
+        f"The checkpoint at step {checkpoint_step:,} in {run_dir} is intact"
+        if checkpoint_step is not None
+        else f"No checkpoint had been written to {run_dir} yet"
+    )
+    return UserError(
+        f"{what} stopped at step {step:,}: {reason}. {kept}; {path} records the stop. Resuming "
+        "would replay the same numbers and stop here again, so start a new run with a lower "
+        "--learning-rate or a --max-grad-norm."
+    )
+
+
+def read_stop(run_dir: str | Path) -> dict[str, Any] | None:
+    """The record :func:`record_stop` wrote into ``run_dir``, or None if the run did not stop."""
+    path = Path(run_dir) / STOPPED_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(
+            f"Could not read {path} ({error}). It records that a NaN/inf loss stopped the run; "
+            "delete it to resume the run anyway."
+        ) from error
+
+
+def refuse_resume_if_stopped(run_dir: str | Path) -> None:
+    """Raise a UserError if a non-finite loss stopped the run in ``run_dir``: resuming would
+    replay the same numbers into the same stop."""
+    stop = read_stop(run_dir)
+    if stop is None:
+        return
+    path = Path(run_dir) / STOPPED_NAME
+    raise UserError(
+        f"{run_dir} stopped at step {stop['step']:,} ({stop['reason']}), as recorded in {path}. "
+        "Resuming replays the same numbers from its last checkpoint and would stop there again. "
+        f"Start a new run with the "
+        f"settings in {Path(run_dir) / 'config.json'} and a lower --learning-rate or a "
+        f"--max-grad-norm; to resume anyway (for instance after fixing a bug in the code), "
+        f"delete {path}."
+    )

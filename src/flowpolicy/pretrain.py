@@ -32,7 +32,14 @@ import torch
 from torch import Tensor
 
 from flowpolicy.algos.bc import BC, BCConfig, Policy
-from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from flowpolicy.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    record_stop,
+    refuse_resume_if_stopped,
+    save_checkpoint,
+    save_json,
+)
 from flowpolicy.data import Dataset, DatasetFormat, load_dataset
 from flowpolicy.envs import env_dims, make_env
 from flowpolicy.errors import NonFiniteLossError, UserError
@@ -342,6 +349,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
             f"{run_dir} already holds a run. Continue it with `flowpolicy pretrain --resume "
             f"{run_dir}`, or pass another --run-dir."
         )
+    if resume:
+        refuse_resume_if_stopped(run_dir)
     if not resume:
         # An absolute dataset path, so that `pretrain --resume` works from any directory.
         config = dataclasses.replace(
@@ -428,7 +437,10 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
             torch.manual_seed(config.seed + VALIDATION_SEED_OFFSET)
             return {"loss/bc_val": bc.loss(*validation)}
 
+    checkpoint_step = step if resume else None  # the first one comes after checkpoint_every
+
     def checkpoint() -> None:
+        nonlocal checkpoint_step
         loop_state = {
             "step": step,
             "wall_time": wall_time(),
@@ -444,6 +456,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         )
         export = metadata | {"gradient_steps": step, "eval": last_eval}
         save_policy(run_dir / POLICY_NAME, bc.eval_policy, export)
+        checkpoint_step = step
 
     if resume:
         logger.print(f"[bold]flowpolicy[/] resuming {run_dir} at gradient step {step:,}")
@@ -479,16 +492,14 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
                 )
                 interval_start = time.perf_counter()
     except NonFiniteLossError as error:
-        raise UserError(
-            f"Pretraining stopped at gradient step {step:,}: {error}. The last good checkpoint "
-            f"in {run_dir} is intact. Lower the learning rate or set --max-grad-norm, then "
-            f"resume with `flowpolicy pretrain --resume {run_dir}` or start a new run."
-        ) from error
+        # Resuming would replay the same numbers into the same stop: record it so that a
+        # resume (and the benchmark harness) says so instead of repeating it.
+        raise record_stop(run_dir, step, checkpoint_step, str(error), "Pretraining") from error
     finally:
         logger.close()
 
     final = {"step": step, "wall_time": round(wall_time(), 3)} | last_eval
-    (run_dir / "done.json").write_text(json.dumps(final, indent=2) + "\n")
+    save_json(run_dir / "done.json", final)
     return PretrainResult(run_dir, final)
 
 

@@ -32,7 +32,14 @@ from flowpolicy.algos.qam import QAM, QAMConfig
 from flowpolicy.algos.reinflow import ReinFlow, ReinFlowConfig
 from flowpolicy.algos.rldt import RLDT, RLDTConfig
 from flowpolicy.buffers import RolloutBuffer
-from flowpolicy.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from flowpolicy.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    record_stop,
+    refuse_resume_if_stopped,
+    save_checkpoint,
+    save_json,
+)
 from flowpolicy.envs import env_dims, make_vector_env
 from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
 from flowpolicy.errors import NonFiniteLossError, UserError
@@ -328,7 +335,8 @@ def train(
 
     Raises:
         UserError: bad env, unreadable run directory, or a loss that became NaN/inf (the last
-            good checkpoint is left untouched).
+            good checkpoint is left untouched and ``stopped.json`` records the stop), or a
+            resume of a run that such a loss stopped.
     """
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     if not resume and (run_dir / CHECKPOINT_NAME).exists():
@@ -336,6 +344,8 @@ def train(
             f"{run_dir} already holds a run. Continue it with `flowpolicy train --resume "
             f"{run_dir}`, or pass another --run-dir."
         )
+    if resume:
+        refuse_resume_if_stopped(run_dir)
     torch.set_num_threads(config.torch_threads)
     init_policy = load_init_policy(config, run_dir, resume)
     config = with_policy_settings(config, init_policy)
@@ -383,7 +393,10 @@ def train(
         logger.log(global_step, wall_time(), metrics)
         return metrics
 
+    checkpoint_step = global_step
+
     def checkpoint() -> None:
+        nonlocal checkpoint_step
         loop_state = {
             "global_step": global_step,
             "iteration": iteration,
@@ -400,6 +413,7 @@ def train(
             run_dir / CHECKPOINT_NAME,
             {"algo": algo.state_dict(), "loop": loop_state, "config": config_to_dict(config)},
         )
+        checkpoint_step = global_step
 
     if not resume:
         logger.print(f"[bold]flowpolicy[/] {config.algo_name} on {config.env} -> {run_dir}")
@@ -465,12 +479,9 @@ def train(
                 f"{last_eval.get('eval/random/return_mean', float('nan')):8.2f}"
             )
     except NonFiniteLossError as error:
-        raise UserError(
-            f"Training stopped at step {global_step:,}: {error}. The last good checkpoint in "
-            f"{run_dir} is intact. Lower the learning rate or enable gradient clipping "
-            "(--max-grad-norm), then resume with `flowpolicy train --resume "
-            f"{run_dir}` or start a new run."
-        ) from error
+        # Resuming would replay the same numbers into the same stop: record it so that a
+        # resume (and the benchmark harness) says so instead of repeating it.
+        raise record_stop(run_dir, global_step, checkpoint_step, str(error), "Training") from error
     finally:
         envs.close()
         logger.close()
@@ -478,7 +489,7 @@ def train(
     final = {"step": global_step, "wall_time": round(wall_time(), 3)} | last_eval
     if target_reached():
         final["stopped_at_return"] = config.stop_at_return
-    (run_dir / "done.json").write_text(json.dumps(final, indent=2) + "\n")
+    save_json(run_dir / "done.json", final)
     return TrainResult(run_dir, final)
 
 

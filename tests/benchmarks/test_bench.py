@@ -37,6 +37,7 @@ from protocols import (
     Protocol,
 )
 
+from flowpolicy.checkpoint import record_stop
 from flowpolicy.envs import BanditEnv
 from flowpolicy.errors import UserError
 from flowpolicy.train import load_policy
@@ -375,6 +376,51 @@ def test_a_partial_launch_adds_to_the_page_instead_of_replacing_it(tmp_path: Pat
     assert raw["budgets"]["toy/bandit"] == {"total_steps": 64, "eval_every": 32, "eval_episodes": 2}
     assert raw["missing"] == []
     assert "## toy/bandit" in (tmp_path / "docs" / "tiny.md").read_text()
+
+
+def test_a_run_stopped_by_a_nan_loss_is_listed_not_relaunched(
+    tmp_path: Path, fake_training, capsys
+) -> None:
+    """Resuming a run that a NaN/inf loss stopped replays the same stop: the harness reports
+    it (command line and page, also when another selection is collected) and launches nothing."""
+    protocol = tiny_protocol(tmp_path / "reference")
+    root = tmp_path / "runs"
+    runs = plan(protocol, root, envs=["toy/nav"], methods=["tuned"], seeds=[0, 1])
+    fake_finetune_run(runs[0].run_dir, 100.0, 80.0)
+    stopped = runs[1].run_dir
+    fake_finetune_run(stopped, 50.0, 50.0)
+    (stopped / "done.json").unlink()
+    (stopped / "checkpoint.pt").write_bytes(b"")
+    record_stop(stopped, 96, 64, "loss is nan", "Training")
+    assert [run.state() for run in runs] == ["done", "stopped"]
+
+    outcomes = run_all(runs, jobs=1, nice=0, launched_by="pytest")
+    assert fake_training == [] and [o.status for o in outcomes] == ["skipped"]
+    out = capsys.readouterr().out
+    assert "skipped toy/nav tuned seed 1: stopped at step 96 (loss is nan); not relaunched" in out
+
+    args = SimpleNamespace(
+        envs=["toy/nav"], methods=["tuned"], seeds=[0], steps=(), eval_every=None,
+        eval_episodes=None, docs_dir=tmp_path / "docs", jobs=1, nice=0, collect_only=True,
+    )  # fmt: skip
+    bench.plan_and_run(protocol, root, args)  # seed 1 is not selected: found on disk
+    raw = json.loads((tmp_path / "docs" / "tiny.json").read_text())
+    (summary,) = raw["results"]["toy/nav"]
+    assert summary["seeds"] == [0]  # the stopped run is not counted
+    assert raw["missing"] == []
+    assert raw["stopped"] == [
+        {
+            "env": "toy/nav",
+            "method": "tuned",
+            "seed": 1,
+            "step": 96,
+            "checkpoint_step": 64,
+            "reason": "loss is nan",
+        }
+    ]
+    markdown = (tmp_path / "docs" / "tiny.md").read_text()
+    assert "## Stopped by a NaN/inf loss" in markdown
+    assert "- toy/nav / tuned / seed 1: at step 96 (loss is nan)" in markdown
 
 
 def test_coverage_is_measured_once_per_finished_run(tmp_path: Path, monkeypatch) -> None:
