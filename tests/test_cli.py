@@ -104,7 +104,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
         (["train", "sac"], ["Unknown algorithm", "ppo, fpo"]),
         (["train", "fpo", "--preset", "dppo"], ["Unknown preset"]),
         (["train", "--resume", "/no/such/run"], ["not a flowpolicy run directory"]),
-        (["eval", "/no/such/run"], ["not a flowpolicy run directory"]),
+        (["eval", "/no/such/run"], ["does not exist", "policy file"]),
     ],
 )
 def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path, args, words):

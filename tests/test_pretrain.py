@@ -23,7 +23,7 @@ from flowpolicy.cli import main
 from flowpolicy.data import Dataset, save_dataset
 from flowpolicy.errors import UserError
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
-from flowpolicy.policy_io import load_policy_from, read_policy_file
+from flowpolicy.policy_io import load_policy_from, read_policy_file, save_policy
 from flowpolicy.pretrain import (
     PretrainConfig,
     pretrain,
@@ -296,6 +296,21 @@ def test_cli_pretrains_resumes_and_the_policy_loads(tmp_path, capsys):
     rows = metric_rows(run_dir)
     assert main(["pretrain", "--resume", str(run_dir)]) == 0
     assert metric_rows(run_dir) == rows
+
+    # `flowpolicy eval` takes the pretrain run (or its policy file) and, with the run's episodes
+    # and evaluation seed, gives the run's own final evaluation
+    final = json.loads((run_dir / "done.json").read_text())
+    capsys.readouterr()
+    for target in (run_dir, run_dir / "policy.pt"):
+        assert main(["eval", str(target), "--episodes", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "DiffusionPolicy from flowpolicy pretrain on Pendulum-v1" in out
+        for mode in ("zero", "random"):
+            assert f"{mode} sampling: return {final[f'eval/{mode}/return_mean']:10.2f}" in out
+    save_policy(tmp_path / "bare.pt", policy)  # no metadata: the env must be given
+    assert main(["eval", str(tmp_path / "bare.pt"), "--episodes", "1"]) == 2
+    assert "pass --env" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "bare.pt"), "--episodes", "1", "--env", "Pendulum-v1"]) == 0
 
 
 def test_cli_help_and_user_errors(tmp_path, capsys):

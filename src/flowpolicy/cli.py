@@ -1,11 +1,12 @@
 """Command line: ``flowpolicy train | eval | collect | pretrain | plot``.
 
     flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt, reinflow, dppo, qam; --help lists options)
-    flowpolicy train --resume RUN_DIR                 continue a stopped run from its checkpoint
-    flowpolicy eval RUN_DIR [--episodes N]            evaluate a run in zero and random sampling
+    flowpolicy train --resume RUN_DIR                 continue a killed run from its checkpoint
+    flowpolicy eval PATH [--episodes N]               evaluate a train run, a pretrain run or a
+                                                      policy file in zero and random sampling
     flowpolicy collect --env ENV --out DIR [options]  train a medium expert and record a dataset
     flowpolicy pretrain --dataset PATH [options]      behaviour-clone a flow/diffusion/Gaussian
-    flowpolicy pretrain --resume RUN_DIR              continue a stopped pretraining run
+    flowpolicy pretrain --resume RUN_DIR              continue a killed pretraining run
     flowpolicy plot RUN_DIR [RUN_DIR ...] --out DIR   learning curves and results tables of runs
 
 Mistakes in the input (unknown env, bad hyper-parameter, unreadable run directory) print one
@@ -14,8 +15,10 @@ paragraph saying what was wrong and what to do, and exit with code 2.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated
 
 import tyro
@@ -101,35 +104,63 @@ def parse_train(args: list[str]):
 
 @dataclass(frozen=True)
 class EvalArgs:
-    """Evaluate a run's policy (the EMA weights where the algorithm keeps them)."""
+    """Evaluate a policy in zero and random sampling: a `flowpolicy train` run (the EMA weights
+    where the algorithm keeps them), a `flowpolicy pretrain` run, or a policy file."""
 
-    run_dir: Annotated[str, tyro.conf.Positional]
-    """run directory made by `flowpolicy train`."""
+    path: Annotated[str, tyro.conf.Positional]
+    """run directory of `flowpolicy train` or `flowpolicy pretrain`, or a policy file."""
     episodes: int = 10
     """episodes per sampling mode."""
     seed: int | None = None
-    """env and noise seed; default: the run's evaluation seed."""
+    """env and noise seed; default: the run's evaluation seed (a policy file: 10000)."""
+    env: str | None = None
+    """env id; default: the run's env (a policy file: the env it records, if any)."""
 
 
 def run_eval(args: list[str]) -> int:
     from flowpolicy.evaluation import MODES, evaluate
+    from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, read_policy_file
     from flowpolicy.train import load_algorithm
 
     options = tyro.cli(EvalArgs, args=args, config=TYRO_CONFIG, prog="flowpolicy eval")
     if options.episodes <= 0:
         raise UserError(f"--episodes must be positive, got {options.episodes}.")
-    config, algo, checkpoint = load_algorithm(options.run_dir)
-    seed = config.seed + 10_000 if options.seed is None else options.seed
-    step = checkpoint["loop"]["global_step"]
-    print(
-        f"{config.algo_name} on {config.env}, checkpoint at step {step:,}, {options.episodes} episodes"
-    )
-    for mode in MODES:
-        returns = evaluate(
-            algo.eval_policy, config.env, options.episodes, seed, config.algo.chunk_exec, mode
+    path = Path(options.path)
+    if is_train_run_dir(path):
+        config, algo, checkpoint = load_algorithm(path)
+        policy, env, seed = algo.eval_policy, config.env, config.seed + 10_000
+        chunk_exec = config.algo.chunk_exec
+        what = f"{config.algo_name}, checkpoint at step {checkpoint['loop']['global_step']:,}"
+    elif path.exists():
+        # A pretrain run (its exported EMA policy) or a policy file: the policy records its env
+        # and chunking; a pretrain run's config.json has the seed it evaluated with.
+        policy_file = read_policy_file(path / POLICY_NAME if path.is_dir() else path)
+        policy, metadata = policy_file.policy, policy_file.metadata
+        env, chunk_exec = metadata.get("env_id"), policy.chunk_exec
+        seed = 10_000 + (pretrain_seed(path) if path.is_dir() else 0)
+        what = f"{type(policy).__name__} from {metadata.get('source', 'a policy file')}"
+    else:
+        raise UserError(
+            f"{path} does not exist. Pass a run directory of `flowpolicy train` or `flowpolicy "
+            "pretrain`, or a policy file (RUN_DIR/policy.pt)."
         )
+    env = options.env or env
+    if env is None:
+        raise UserError(f"{path} does not record which env it acts in; pass --env ENV_ID.")
+    seed = seed if options.seed is None else options.seed
+    print(f"{what} on {env}, {options.episodes} episodes")
+    for mode in MODES:
+        returns = evaluate(policy, env, options.episodes, seed, chunk_exec, mode)
         print(f"  {mode:>6} sampling: return {returns.mean():10.2f} +/- {returns.std():.2f}")
     return 0
+
+
+def pretrain_seed(run_dir: Path) -> int:
+    """The seed in a pretrain run's config.json (0 if it has none)."""
+    try:
+        return int(json.loads((run_dir / "config.json").read_text()).get("seed", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def run_collect(args: list[str]) -> int:

@@ -136,8 +136,7 @@ def load_policy_from(path: str | Path) -> nn.Module:
         raise UserError(f"{path} does not exist. {_WHAT_TO_PASS}")
     if (path / POLICY_NAME).is_file():
         return load_policy_file(path / POLICY_NAME)
-    config = path / "config.json"
-    if config.is_file() and "algo_name" in _json_keys(config):
+    if is_train_run_dir(path):
         from flowpolicy.train import load_policy  # lazy: train imports every algorithm
 
         return load_policy(path)
@@ -145,6 +144,13 @@ def load_policy_from(path: str | Path) -> nn.Module:
         f"{path} holds no policy: it has no {POLICY_NAME} (a pretrain run writes one at its "
         f"first checkpoint) and is not a `flowpolicy train` run directory. {_WHAT_TO_PASS}"
     )
+
+
+def is_train_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory of ``flowpolicy train`` (its config names an
+    algorithm; a pretrain run's does not)."""
+    config = Path(path) / "config.json"
+    return config.is_file() and "algo_name" in _json_keys(config)
 
 
 def _json_keys(path: Path) -> set[str]:
