@@ -165,6 +165,11 @@ def test_unreadable_run_directory(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="could not be read"):
         resume(tmp_path)
+    # a pretrain run (config without algo_name, a policy.pt): said so, with what to do instead
+    (tmp_path / "config.json").write_text('{"dataset": "d.hdf5", "policy": "flow"}')
+    (tmp_path / "policy.pt").write_bytes(b"")
+    with pytest.raises(UserError, match="is a `flowpolicy pretrain` run.*pretrain --resume"):
+        resume(tmp_path)
 
 
 @pytest.mark.parametrize(

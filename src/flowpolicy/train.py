@@ -46,7 +46,7 @@ from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import evaluate_modes
 from flowpolicy.logging import Logger
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
-from flowpolicy.policy_io import load_policy_from, save_policy
+from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, load_policy_from, save_policy
 
 AlgoConfig = PPOConfig | FPOConfig | RLDTConfig | ReinFlowConfig | DPPOConfig | QAMConfig
 ALGORITHMS: dict[type, tuple[str, type]] = {
@@ -157,6 +157,12 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
         raise UserError(
             f"{run_dir} is not a flowpolicy run directory (no config.json in it). Pass the "
             "directory that `flowpolicy train` printed when the run started."
+        )
+    if not is_train_run_dir(run_dir) and (Path(run_dir) / POLICY_NAME).is_file():
+        raise UserError(
+            f"{run_dir} is a `flowpolicy pretrain` run, not a `flowpolicy train` run. Continue "
+            f"it with `flowpolicy pretrain --resume {run_dir}`, evaluate it with `flowpolicy "
+            f"eval {run_dir}`, or fine-tune from it with `flowpolicy train ALGO --init {run_dir}`."
         )
     try:
         return config_from_dict(json.loads(path.read_text()))
