@@ -20,8 +20,8 @@ the training command, the harness command line, git commit and dirty flag, machi
 (earlier launches of the same run are kept under ``launches``).
 
 Then it collects every completed run of the selection (stopped runs and runs without
-``done.json`` are listed, not counted) together with the protocol's other completed runs found on disk (other methods,
-other seeds, the protocol's other envs), so that launching one more method, seed or env adds
+``done.json`` are listed, not counted) together with the protocol's other completed and
+stopped runs found on disk (other methods, other seeds, the protocol's other envs), so that launching one more method, seed or env adds
 to the results page instead of replacing it, and writes into ``--docs-dir``:
 
 - ``<protocol>.md``: per env a table (final return mean ± std over seeds in zero and random
@@ -82,7 +82,7 @@ from results import (
     summarize,
 )
 
-from flowpolicy.checkpoint import STOPPED_NAME, read_stop
+from flowpolicy.checkpoint import STOPPED_NAME, read_stop, save_json
 from flowpolicy.envs import BanditEnv, NavEnv, optimum_coverage, route_of
 from flowpolicy.errors import UserError
 from flowpolicy.plot import CSV_COLUMNS, Panel, csv_row, learning_curve_figure, save_figure
@@ -500,9 +500,8 @@ def measure_coverage(run_dir: Path, env: str) -> Coverage | None:
             pass  # a damaged or older cache: measure again and overwrite it
     policy = load_policy(run_dir)
     coverage = bandit_coverage(policy) if env == "toy/bandit" else nav_coverage(policy)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "coverage": asdict(coverage)}, indent=2) + "\n")
-    os.replace(tmp, cache)  # atomic: a collect killed mid-write leaves no torn cache
+    # atomic: a collect killed mid-write leaves no torn cache
+    save_json(cache, {"key": key, "coverage": asdict(coverage)})
     return coverage
 
 
@@ -821,8 +820,8 @@ def run_protocol(
 
 
 def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run]) -> list[Run]:
-    """The protocol's completed or stopped runs under ``root`` that the selection left out: other
-    methods, any ``seed<k>`` directory on disk, and the protocol's other envs (budgets as
+    """The protocol's completed or stopped runs under ``root`` that the selection left out:
+    other methods, any ``seed<k>`` directory on disk, and the protocol's other envs (budgets as
     planned: the selection's on its envs, the protocol's on the others)."""
     chosen = {run.run_dir for run in selected}
     budgets = {run.env: run.budget for run in selected}

@@ -105,8 +105,7 @@ def refuse_resume_if_stopped(run_dir: str | Path) -> None:
     raise UserError(
         f"{run_dir} stopped at step {stop['step']:,} ({stop['reason']}), as recorded in {path}. "
         "Resuming replays the same numbers from its last checkpoint and would stop there again. "
-        f"Start a new run with the "
-        f"settings in {Path(run_dir) / 'config.json'} and a lower --learning-rate or a "
-        f"--max-grad-norm; to resume anyway (for instance after fixing a bug in the code), "
-        f"delete {path}."
+        f"Start a new run with the settings in {Path(run_dir) / 'config.json'} and a lower "
+        "--learning-rate or a --max-grad-norm; to resume anyway (for instance after fixing a "
+        f"bug in the code), delete {path}."
     )
