@@ -118,7 +118,7 @@ class EvalArgs:
 
 
 def run_eval(args: list[str]) -> int:
-    from flowpolicy.evaluation import MODES, evaluate
+    from flowpolicy.evaluation import EVAL_SEED_OFFSET, MODES, evaluate
     from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, read_policy_file
     from flowpolicy.train import load_algorithm
 
@@ -128,7 +128,7 @@ def run_eval(args: list[str]) -> int:
     path = Path(options.path)
     if is_train_run_dir(path):
         config, algo, checkpoint = load_algorithm(path)
-        policy, env, seed = algo.eval_policy, config.env, config.seed + 10_000
+        policy, env, seed = algo.eval_policy, config.env, config.seed + EVAL_SEED_OFFSET
         chunk_exec = config.algo.chunk_exec
         what = f"{config.algo_name}, checkpoint at step {checkpoint['loop']['global_step']:,}"
     elif path.exists():
@@ -137,7 +137,7 @@ def run_eval(args: list[str]) -> int:
         policy_file = read_policy_file(path / POLICY_NAME if path.is_dir() else path)
         policy, metadata = policy_file.policy, policy_file.metadata
         env, chunk_exec = metadata.get("env_id"), policy.chunk_exec
-        seed = 10_000 + (pretrain_seed(path) if path.is_dir() else 0)
+        seed = EVAL_SEED_OFFSET + (pretrain_seed(path) if path.is_dir() else 0)
         what = f"{type(policy).__name__} from {metadata.get('source', 'a policy file')}"
     else:
         raise UserError(

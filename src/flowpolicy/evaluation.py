@@ -16,6 +16,9 @@ from flowpolicy.envs import EnvSpec, make_vector_env
 
 ActFn = Callable[[Tensor, str], Tensor]
 MODES = ("zero", "random")
+EVAL_SEED_OFFSET = 10_000
+"""A run with seed s evaluates on env and noise seed s + EVAL_SEED_OFFSET (train and pretrain
+alike), away from the seeds its training envs use."""
 
 
 def evaluate(

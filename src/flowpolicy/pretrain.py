@@ -43,7 +43,7 @@ from flowpolicy.checkpoint import (
 from flowpolicy.data import Dataset, DatasetFormat, load_dataset
 from flowpolicy.envs import env_dims, make_env
 from flowpolicy.errors import NonFiniteLossError, UserError
-from flowpolicy.evaluation import evaluate_modes
+from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
 from flowpolicy.logging import Logger
 from flowpolicy.nets import Activation
 from flowpolicy.policies import (
@@ -58,7 +58,6 @@ from flowpolicy.train import rng_state, seed_everything, set_rng_state
 
 PolicyKind = Literal["flow", "diffusion", "gaussian"]
 VALIDATION_SEED_OFFSET = 20_000
-EVAL_SEED_OFFSET = 10_000
 
 
 @dataclass(frozen=True)

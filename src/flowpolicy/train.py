@@ -43,7 +43,7 @@ from flowpolicy.checkpoint import (
 from flowpolicy.envs import env_dims, make_vector_env
 from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
 from flowpolicy.errors import NonFiniteLossError, UserError
-from flowpolicy.evaluation import evaluate_modes
+from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
 from flowpolicy.logging import Logger
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
 from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, load_policy_from, save_policy
@@ -394,7 +394,11 @@ def train(
 
     def evaluate() -> dict[str, float]:
         metrics = evaluate_modes(
-            algo.eval_policy, env_spec, config.eval_episodes, config.seed + 10_000, cfg.chunk_exec
+            algo.eval_policy,
+            env_spec,
+            config.eval_episodes,
+            config.seed + EVAL_SEED_OFFSET,
+            cfg.chunk_exec,
         )
         logger.log(global_step, wall_time(), metrics)
         return metrics
