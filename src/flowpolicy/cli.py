@@ -112,7 +112,8 @@ class EvalArgs:
     episodes: int = 10
     """episodes per sampling mode."""
     seed: int | None = None
-    """env and noise seed; default: the run's evaluation seed (a policy file: 10000)."""
+    """env and noise seed; default: the run's evaluation seed (a policy file: the evaluation seed
+    it records, else 10000)."""
     env: str | None = None
     """env id; default: the run's env (a policy file: the env it records, if any)."""
 
@@ -132,12 +133,14 @@ def run_eval(args: list[str]) -> int:
         chunk_exec = config.algo.chunk_exec
         what = f"{config.algo_name}, checkpoint at step {checkpoint['loop']['global_step']:,}"
     elif path.exists():
-        # A pretrain run (its exported EMA policy) or a policy file: the policy records its env
-        # and chunking; a pretrain run's config.json has the seed it evaluated with.
+        # A pretrain run (its exported EMA policy) or a policy file: the policy records its env,
+        # chunking and evaluation seed. Files written before the seed was recorded fall back
+        # to the pretrain run's config.json, or to seed 0's evaluation seed.
         policy_file = read_policy_file(path / POLICY_NAME if path.is_dir() else path)
         policy, metadata = policy_file.policy, policy_file.metadata
         env, chunk_exec = metadata.get("env_id"), policy.chunk_exec
-        seed = EVAL_SEED_OFFSET + (pretrain_seed(path) if path.is_dir() else 0)
+        fallback = EVAL_SEED_OFFSET + (pretrain_seed(path) if path.is_dir() else 0)
+        seed = int(metadata.get("eval_seed", fallback))
         what = f"{type(policy).__name__} from {metadata.get('source', 'a policy file')}"
     else:
         raise UserError(

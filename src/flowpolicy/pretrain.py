@@ -402,6 +402,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         "chunk": config.chunk,
         "chunk_exec": config.executed,
         "run_dir": str(run_dir),
+        "eval_seed": config.seed + EVAL_SEED_OFFSET,  # lets `flowpolicy eval` repeat our evaluation
         "dataset": {
             "path": str(config.dataset),
             "format": config.dataset_format,
