@@ -403,7 +403,11 @@ def run_all(runs: Sequence[Run], jobs: int, nice: int, launched_by: str) -> list
                 "busy": "busy    (another bench.py is running it)",
                 "skipped": "skipped (finished meanwhile, or its prerequisite went away)",
             }[outcome.status]
-            print(f"{text} {outcome.run.label()} in {outcome.seconds:.0f} s", flush=True)
+            ending = f"{text} {outcome.run.label()} in {outcome.seconds:.0f} s"
+            if outcome.status == "failed" and read_stop(outcome.run.run_dir) is not None:
+                # the method's own NaN/inf loss, not a crash of the harness or the run
+                ending += f": {stop_text(outcome.run.run_dir)}"
+            print(ending, flush=True)
     return outcomes
 
 

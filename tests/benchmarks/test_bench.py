@@ -379,7 +379,7 @@ def test_a_partial_launch_adds_to_the_page_instead_of_replacing_it(tmp_path: Pat
 
 
 def test_a_run_stopped_by_a_nan_loss_is_listed_not_relaunched(
-    tmp_path: Path, fake_training, capsys
+    tmp_path: Path, fake_training, capsys, monkeypatch
 ) -> None:
     """Resuming a run that a NaN/inf loss stopped replays the same stop: the harness reports
     it (command line and page, also when another selection is collected) and launches nothing."""
@@ -398,6 +398,21 @@ def test_a_run_stopped_by_a_nan_loss_is_listed_not_relaunched(
     assert fake_training == [] and [o.status for o in outcomes] == ["skipped"]
     out = capsys.readouterr().out
     assert "skipped toy/nav tuned seed 1: stopped at step 96 (loss is nan); not relaunched" in out
+
+    # a run that stops while the harness runs it is reported as such, not only as "FAILED"
+    (stopped / "stopped.json").unlink()
+    assert runs[1].state() == "resume"
+
+    def stop_again(command: list[str], log_path: Path) -> int:
+        record_stop(stopped, 96, 64, "loss is nan", "Training")
+        return 2
+
+    monkeypatch.setattr(bench, "execute", stop_again)
+    (outcome,) = run_all(runs, jobs=1, nice=0, launched_by="pytest")
+    assert outcome.status == "failed" and runs[1].state() == "stopped"
+    out = capsys.readouterr().out
+    assert "FAILED (exit 2, see train.log) toy/nav tuned seed 1 in" in out
+    assert "s: stopped at step 96 (loss is nan); not relaunched" in out
 
     args = SimpleNamespace(
         envs=["toy/nav"], methods=["tuned"], seeds=[0], steps=(), eval_every=None,
