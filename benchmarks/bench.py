@@ -29,7 +29,12 @@ to the results page instead of replacing it, and writes into ``--docs-dir``:
   learning curves; the commands, machine, commit and date; for ``multimodality`` also the
   optima / routes each method's final policies cover;
 - ``<protocol>.json`` (every number), ``<protocol>.csv`` (a row per env and method);
-- ``<protocol>_<env>.png`` (return vs env steps), ``<protocol>_<env>_wall_clock.png``.
+- ``<protocol>_<env>.png`` (return vs env steps), ``<protocol>_<env>_wall_clock.png``;
+- ``archive/<protocol>.json``: what the page counted of every run (final numbers, whole
+  evaluation curve, coverage, stop), committed with the page. Run directories are git-ignored
+  and stay on one machine; a run that is archived but not on disk still counts, is not launched
+  again (unless ``--rerun-archived``), and a new seed joins the archived ones (see
+  ``archive.py``).
 
 Measuring the modes a final toy policy covers rolls out its policy; the result is kept in the
 run directory (``coverage.json``) so that collecting again does not repeat it.
@@ -67,6 +72,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import tyro
+from archive import Archive, load_archive, result_record, run_result, stop_record
 from protocols import PROTOCOLS, Budget, Method, Protocol
 from results import (
     Curve,
@@ -121,7 +127,9 @@ class Args:
     nice: int = 0
     """extra niceness of each run, on top of this script's (which the runs inherit)."""
     collect_only: bool = False
-    """run nothing; only collect, tabulate and plot the runs on disk."""
+    """run nothing; only collect, tabulate and plot the runs on disk and in the archive."""
+    rerun_archived: bool = False
+    """run again the selected runs that are archived (docs-dir/archive/) but not on disk."""
     runs_root: Path = REPO / "benchmarks" / "runs"
     """runs go to <runs-root>/<protocol>/<env>/<method>/seed<k>."""
     docs_dir: Path = REPO / "docs" / "benchmarks"
@@ -430,8 +438,9 @@ class Coverage:
     shares: list[float]
     """share of the samples at each mode (bandit: the four optima; nav: the episodes that reach
     the goal by the left, by the right route)."""
-    quality: float
-    """bandit: mean reward of the sampled actions; nav: share of episodes reaching the goal."""
+    quality: float | None
+    """bandit: mean reward of the sampled actions; nav: share of episodes reaching the goal
+    (None where an archived run did not keep it)."""
 
 
 @torch.no_grad()
@@ -512,6 +521,7 @@ def measure_coverage(run_dir: Path, env: str) -> Coverage | None:
 def coverage_row(method: str, coverages: Sequence[Coverage], env: str) -> dict:
     """Coverage of one (env, method) over seeds: per seed, mean and population std."""
     covered = np.array([c.covered for c in coverages], dtype=float)
+    qualities = [c.quality for c in coverages if c.quality is not None]
     return {
         "method": method,
         "modes": COVERAGE_ENVS[env],
@@ -519,7 +529,8 @@ def coverage_row(method: str, coverages: Sequence[Coverage], env: str) -> dict:
         "covered_mean": float(covered.mean()),
         "covered_std": float(covered.std()),
         "shares_per_seed": [c.shares for c in coverages],
-        "quality_mean": float(np.mean([c.quality for c in coverages])),
+        "quality_mean": float(np.mean(qualities)) if qualities else None,
+        "quality_seeds": len(qualities),
     }
 
 
@@ -535,9 +546,16 @@ def coverage_table(rows: Sequence[dict], env: str) -> str:
     ]
     for row in rows:
         per_seed = ", ".join(str(c) for c in row["covered_per_seed"])
+        seeds = len(row["covered_per_seed"])
+        if row["quality_mean"] is None:
+            quality = "n/a"
+        else:
+            quality = f"{row['quality_mean']:.3f}"
+            if row["quality_seeds"] < seeds:  # archived runs from before it was kept per seed
+                quality += f" ({row['quality_seeds']} of {seeds} seeds)"
         lines.append(
-            f"| {row['method']} | {len(row['covered_per_seed'])} | {per_seed} "
-            f"| {row['covered_mean']:.2f} ± {row['covered_std']:.2f} | {row['quality_mean']:.3f} |"
+            f"| {row['method']} | {seeds} | {per_seed} "
+            f"| {row['covered_mean']:.2f} ± {row['covered_std']:.2f} | {quality} |"
         )
     return "\n".join(lines)
 
@@ -558,10 +576,21 @@ class Collected:
     """selected runs without done.json that were not stopped."""
     stopped: list[tuple[Run, dict]] = field(default_factory=list)
     """selected runs that a NaN/inf loss stopped, with their stopped.json."""
+    archived: dict[Run, dict] = field(default_factory=dict)
+    """the counted or stopped runs that came from the archive (not on disk), with their record."""
+
+    def partial_curves(self, env: str) -> list[tuple[Run, dict]]:
+        """Archived runs of ``env`` counted without their whole evaluation curve."""
+        return [
+            (run, record)
+            for run, record in self.archived.items()
+            if run.env == env and "stopped" not in record and not record["curve_complete"]
+        ]
 
 
-def collect(runs: Sequence[Run]) -> Collected:
-    """Load the completed runs (``done.json``): per env the summaries and curves per method."""
+def collect(runs: Sequence[Run], archive: Archive) -> Collected:
+    """Load the completed runs: from disk (``done.json``) or, for a run not on disk, from the
+    archive; per env the summaries and curves per method."""
     out = Collected()
     for env in dict.fromkeys(r.env for r in runs):
         out.summaries[env], out.curves[env], out.results[env] = [], {}, {}
@@ -570,6 +599,13 @@ def collect(runs: Sequence[Run]) -> Collected:
             for run in (r for r in runs if r.env == env and r.method.name == method):
                 result = load_run(run.run_dir, env, method, run.seed)
                 stop = read_stop(run.run_dir) if result is None else None
+                record = None
+                if result is None and stop is None:  # not on disk: archived?
+                    record = archive.find(env, method, run.seed, run.budget)
+                if record is not None:
+                    out.archived[run] = record
+                    stop = record.get("stopped")
+                    result = None if stop is not None else run_result(record, run.run_dir)
                 if stop is not None:
                     out.stopped.append((run, stop))
                 elif result is None:
@@ -578,26 +614,73 @@ def collect(runs: Sequence[Run]) -> Collected:
                     results.append(result)
             if results:
                 out.summaries[env].append(summarize(results))
-                out.curves[env][method] = [r.curve for r in results]
+                partial = {r.seed for r, rec in out.partial_curves(env) if r.method.name == method}
+                out.curves[env][method] = [r.curve for r in results if r.seed not in partial]
                 out.results[env][method] = results
     return out
 
 
-def launch_commands(summaries: dict[str, list[Summary]]) -> list[str]:
-    """The distinct harness command lines that launched the collected runs (bench.json, or
-    launch.json of runs made by the older from_scratch.py)."""
-    commands = []
-    for env_summaries in summaries.values():
+def archive_runs(
+    archive: Archive, runs: Sequence[Run], collected: Collected, coverage: dict[Run, Coverage]
+) -> None:
+    """Put every counted or stopped run of ``runs`` that is on disk into the archive, replacing
+    the record of an earlier run of the same env, method and seed."""
+    stopped = dict(collected.stopped)
+    for run in runs:
+        if run in collected.archived:
+            continue
+        if run in stopped:
+            archive.add(stop_record(run.env, run.method.name, run.seed, run.budget, stopped[run]))
+            continue
+        by_dir = {r.run_dir: r for r in collected.results.get(run.env, {}).get(run.method.name, [])}
+        if run.run_dir not in by_dir:
+            continue  # not completed
+        launched_by, commit, machine = launch_tag(run.run_dir)
+        cover = coverage.get(run)
+        record = result_record(
+            by_dir[run.run_dir],
+            run.budget,
+            coverage=asdict(cover) if cover is not None else None,
+            launched_by=launched_by,
+            commit=commit,
+            machine=machine,
+        )
+        archive.add(record)
+        archive.launch_commands = list(dict.fromkeys([*archive.launch_commands, *launched_by]))
+
+
+def launch_tag(run_dir: Path) -> tuple[list[str], str | None, str | None]:
+    """The harness command lines that launched the run in ``run_dir``, and the commit and
+    machine of its last launch (bench.json, or launch.json of runs made by the older
+    from_scratch.py)."""
+    if (run_dir / "bench.json").exists():
+        tag = json.loads((run_dir / "bench.json").read_text())
+        commands = [launch["launched_by"] for launch in tag["launches"]]
+        return commands, tag.get("commit"), tag.get("machine")
+    if (run_dir / "launch.json").exists():
+        tag = json.loads((run_dir / "launch.json").read_text())
+        return [tag["launched_by"]], tag.get("commit"), tag.get("machine")
+    return [], None, None
+
+
+def run_machines(runs: Sequence[Run], collected: Collected) -> list[str]:
+    """The machines the counted runs were launched on (as their tags or records say)."""
+    machines = []
+    for run in runs:
+        if counted(run, collected):
+            record = collected.archived.get(run)
+            machines.append(record.get("machine") if record else launch_tag(run.run_dir)[2])
+    return list(dict.fromkeys(m for m in machines if m))
+
+
+def launch_commands(collected: Collected, archive: Archive) -> list[str]:
+    """The distinct harness command lines that launched the collected runs: those on disk and,
+    for the archived ones, the archive's."""
+    commands = list(archive.launch_commands) if collected.archived else []
+    for env_summaries in collected.summaries.values():
         for summary in env_summaries:
             for seed in summary.per_seed:
-                run_dir = Path(seed["run_dir"])
-                if (run_dir / "bench.json").exists():
-                    tag = json.loads((run_dir / "bench.json").read_text())
-                    commands += [launch["launched_by"] for launch in tag["launches"]]
-                elif (run_dir / "launch.json").exists():
-                    commands.append(
-                        json.loads((run_dir / "launch.json").read_text())["launched_by"]
-                    )
+                commands += launch_tag(Path(seed["run_dir"]))[0]
     return list(dict.fromkeys(commands))
 
 
@@ -610,6 +693,28 @@ def plot_env(curves_by_method: dict[str, list[Curve]], env: str, stem: Path) -> 
         fig = learning_curve_figure([panel], x=x, panel_size=(7.0, 4.5))
         paths += save_figure(fig, stem.with_name(stem.name + suffix), ["png"])
     return paths
+
+
+def partial_curves_note(collected: Collected, env: str, drawn: bool) -> list[str]:
+    """Page lines naming the runs of ``env`` counted from the archive without their curves,
+    with the figures their curves were in."""
+    partial = collected.partial_curves(env)
+    if not partial:
+        return []
+    names = ", ".join(f"{run.method.name} seed {run.seed}" for run, _ in partial)
+    lines = [
+        f"Counted from the run archive (`archive/{partial[0][0].protocol}.json`) without their "
+        f"evaluation curves: {names}. Their run directories were gone before the archive kept "
+        "curves; it has their final (and, fine-tuning, step-0) returns only"
+        + (", so the figure above leaves them out." if drawn else "."),
+        "",
+    ]
+    figures = list(dict.fromkeys(f for _, record in partial for f in record.get("figures", [])))
+    for figure in figures:
+        source = next(r["source"] for _, r in partial if figure in r.get("figures", []))
+        lines += [f"Their curves on the page collected before ({source}):", ""]
+        lines += [f"![{env} learning curves before the archive]({figure})", ""]
+    return lines
 
 
 def method_command(method: Method) -> str:
@@ -648,7 +753,8 @@ def page(
     lines += [
         f"- Collected by: `{provenance['command']}`",
         *(f"- Runs launched by: `{c}`" for c in provenance["launch_commands"]),
-        f"- Machine: {provenance['machine']}",
+        *(f"- Runs made on: {machine}" for machine in provenance["run_machines"]),
+        f"- Collected on: {provenance['machine']}",
         f"- Commit: {provenance['commit']}",
         f"- Date: {provenance['date']}",
         "",
@@ -688,6 +794,7 @@ def page(
             lines += [f"![{env} learning curves]({plots[env][0].name})", ""]
             lines += [f"![{env} learning curves, wall-clock]({p.name})" for p in plots[env][1:]]
             lines += [""]
+        lines += partial_curves_note(collected, env, drawn=env in plots)
     if collected.stopped:
         lines += ["## Stopped by a NaN/inf loss (stopped.json; not counted above)", ""]
         lines += [
@@ -728,33 +835,47 @@ def write_csv(path: Path, collected: Collected, coverage: dict[str, list[dict]])
 
 
 def collect_and_write(
-    protocol: Protocol, runs: Sequence[Run], docs_dir: Path, command: str
+    protocol: Protocol,
+    runs: Sequence[Run],
+    docs_dir: Path,
+    command: str,
+    archive: Archive | None = None,
 ) -> tuple[Collected, dict[str, list[dict]], list[Path]]:
-    """Collect the completed runs and write <protocol>.md / .json / .csv and the PNGs.
+    """Collect the completed runs (on disk or archived) and write <protocol>.md / .json / .csv,
+    the PNGs and the archive (``archive``: default, the one in ``docs_dir``).
 
     Returns:
         What was collected, the coverage rows per env, and the files written.
     """
     docs_dir = docs_dir.resolve()
     docs_dir.mkdir(parents=True, exist_ok=True)
-    collected = collect(runs)
+    # before the page is rewritten: a first archive is seeded from the page's json
+    archive = archive if archive is not None else load_archive(docs_dir, protocol.name)
+    collected = collect(runs, archive)
+    run_coverage = {
+        run: run_coverage_of(run, collected)
+        for run in runs
+        if protocol.coverage and run.env in COVERAGE_ENVS and counted(run, collected)
+    }
     coverage: dict[str, list[dict]] = {}
-    if protocol.coverage:
-        for env, by_method in collected.results.items():
-            if env in COVERAGE_ENVS:
-                coverage[env] = [
-                    coverage_row(method, [measure_coverage(r.run_dir, env) for r in results], env)
-                    for method, results in by_method.items()
-                ]
+    for env, by_method in collected.results.items():
+        rows = []
+        for method in by_method:
+            found = [c for r, c in run_coverage.items() if (r.env, r.method.name) == (env, method)]
+            if found := [c for c in found if c is not None]:
+                rows.append(coverage_row(method, found, env))
+        if rows:
+            coverage[env] = rows
     plots = {
-        env: plot_env(by_method, env, docs_dir / f"{protocol.name}_{path_safe(env)}")
+        env: plot_env(drawn, env, docs_dir / f"{protocol.name}_{path_safe(env)}")
         for env, by_method in collected.curves.items()
-        if by_method
+        if (drawn := {method: curves for method, curves in by_method.items() if curves})
     }
     provenance = {
         "command": command,
-        "launch_commands": launch_commands(collected.summaries),
+        "launch_commands": launch_commands(collected, archive),
         "machine": machine_info(),
+        "run_machines": run_machines(runs, collected),
         "commit": git_commit(REPO),
         "date": datetime.date.today().isoformat(),
     }
@@ -783,8 +904,24 @@ def collect_and_write(
     }
     stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
     write_csv(stem.with_suffix(".csv"), collected, coverage)
-    files = [stem.with_suffix(s) for s in (".md", ".json", ".csv")]
+    archive_runs(archive, runs, collected, run_coverage)
+    archive.save()
+    files = [*(stem.with_suffix(s) for s in (".md", ".json", ".csv")), archive.path]
     return collected, coverage, files + [p for paths in plots.values() for p in paths]
+
+
+def counted(run: Run, collected: Collected) -> bool:
+    """Whether ``run`` is among the collected (counted) runs."""
+    results = collected.results.get(run.env, {}).get(run.method.name, [])
+    return any(r.run_dir == run.run_dir for r in results)
+
+
+def run_coverage_of(run: Run, collected: Collected) -> Coverage | None:
+    """The modes a counted run's final policy covers: measured on disk, or as archived."""
+    record = collected.archived.get(run)
+    if record is None:
+        return measure_coverage(run.run_dir, run.env)
+    return Coverage(**record["coverage"]) if record.get("coverage") else None
 
 
 def run_protocol(
@@ -797,12 +934,28 @@ def run_protocol(
     collect_only: bool = False,
     command: str | None = None,
     also_collect: Sequence[Run] = (),
+    archive: Archive | None = None,
+    rerun_archived: bool = False,
 ) -> Collected:
     """Run what is missing (unless ``collect_only``), then collect, tabulate and plot ``runs``
-    and the completed runs ``also_collect``."""
+    and the completed runs ``also_collect``. A run that is not on disk but archived (in
+    ``docs_dir``) counts as done unless ``rerun_archived``."""
     command = command or shlex.join(["python", *sys.argv])
+    archive = archive if archive is not None else load_archive(docs_dir.resolve(), protocol.name)
     if not collect_only:
-        run_all(runs, jobs, nice, command)
+        archived = [
+            run
+            for run in runs
+            if run.state() in ("new", "missing")
+            and archive.find(run.env, run.method.name, run.seed, run.budget) is not None
+        ]
+        if archived and not rerun_archived:
+            print(
+                f"{len(archived)} selected run(s) not on disk are archived in {archive.path} "
+                "and count as done (--rerun-archived runs them again)",
+                flush=True,
+            )
+        run_all([r for r in runs if rerun_archived or r not in archived], jobs, nice, command)
     # the protocol's env order, so that the page's layout does not depend on the selection
     envs = list(dict.fromkeys([*protocol.budgets, *(run.env for run in [*runs, *also_collect])]))
     methods = [method.name for method in protocol.methods]
@@ -810,12 +963,13 @@ def run_protocol(
         [*runs, *also_collect],
         key=lambda run: (envs.index(run.env), methods.index(run.method.name), run.seed),
     )
-    collected, coverage, files = collect_and_write(protocol, report, docs_dir, command)
+    collected, coverage, files = collect_and_write(protocol, report, docs_dir, command, archive)
     for env, summaries in collected.summaries.items():
         print(f"\n{env}\n{markdown_table(summaries) if summaries else '(no runs)'}")
         if coverage.get(env):
             print(coverage_table(coverage[env], env))
-    print(f"\nwrote {len(files)} files to {docs_dir}: {', '.join(f.name for f in files)}")
+    names = ", ".join(str(f.relative_to(docs_dir.resolve())) for f in files)
+    print(f"\nwrote {len(files)} files to {docs_dir}: {names}")
     if collected.stopped:
         print(f"{len(collected.stopped)} run(s) stopped by a NaN/inf loss (listed on the page)")
     if collected.missing:
@@ -823,10 +977,13 @@ def run_protocol(
     return collected
 
 
-def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run]) -> list[Run]:
-    """The protocol's completed or stopped runs under ``root`` that the selection left out:
-    other methods, any ``seed<k>`` directory on disk, and the protocol's other envs (budgets as
-    planned: the selection's on its envs, the protocol's on the others)."""
+def completed_elsewhere(
+    protocol: Protocol, root: Path, selected: Sequence[Run], archive: Archive | None = None
+) -> list[Run]:
+    """The protocol's completed or stopped runs under ``root`` or in ``archive`` that the
+    selection left out: other methods, any ``seed<k>`` directory on disk, and the protocol's
+    other envs (budgets as planned: the selection's on its envs, the protocol's on the
+    others)."""
     chosen = {run.run_dir for run in selected}
     budgets = {run.env: run.budget for run in selected}
     extra = []
@@ -835,11 +992,20 @@ def completed_elsewhere(protocol: Protocol, root: Path, selected: Sequence[Run])
         for method in protocol.methods:
             if method.envs is not None and env not in method.envs:
                 continue
+            seeds = {
+                seed
+                for (e, m, seed) in (archive.runs if archive else {})
+                if (e, m) == (env, method.name) and archive.find(e, m, seed, budget)
+            }
             for run_dir in method_dir(root, env, method.name).glob("seed*"):
                 seed = run_dir.name.removeprefix("seed")
                 ended = (run_dir / "done.json").exists() or (run_dir / STOPPED_NAME).exists()
-                if seed.isdigit() and ended and run_dir not in chosen:
-                    extra.append(Run(protocol.name, env, method, int(seed), budget, run_dir))
+                if seed.isdigit() and ended:
+                    seeds.add(int(seed))
+            for seed in sorted(seeds):
+                run_dir = method_dir(root, env, method.name) / f"seed{seed}"
+                if run_dir not in chosen:
+                    extra.append(Run(protocol.name, env, method, seed, budget, run_dir))
     return extra
 
 
@@ -857,6 +1023,7 @@ def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
     )
+    archive = load_archive(args.docs_dir.resolve(), protocol.name)
     run_protocol(
         protocol,
         runs,
@@ -864,7 +1031,9 @@ def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
         jobs=args.jobs,
         nice=args.nice,
         collect_only=args.collect_only,
-        also_collect=completed_elsewhere(protocol, root, runs),
+        also_collect=completed_elsewhere(protocol, root, runs, archive),
+        archive=archive,
+        rerun_archived=getattr(args, "rerun_archived", False),
     )
 
 

@@ -139,25 +139,6 @@ def tiny_protocol(reference: Path) -> Protocol:
     )
 
 
-@pytest.fixture
-def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Replace the training subprocess: record the command and write done.json."""
-    commands: list[list[str]] = []
-
-    def execute(command: list[str], log_path: Path) -> int:
-        commands.append(command)
-        run_dir = (
-            Path(command[-1])
-            if "--resume" in command
-            else Path(command[command.index("--run-dir") + 1])
-        )
-        (run_dir / "done.json").write_text('{"step": 64}')
-        return 0
-
-    monkeypatch.setattr(bench, "execute", execute)
-    return commands
-
-
 def test_skip_resume_and_missing_prerequisite(tmp_path: Path, fake_training, capsys) -> None:
     protocol = tiny_protocol(tmp_path / "reference")
     ready = tmp_path / "reference" / "toy" / "bandit" / "bc-flow"  # env ids keep their "/"
