@@ -576,6 +576,8 @@ class Collected:
     """selected runs without done.json that were not stopped."""
     stopped: list[tuple[Run, dict]] = field(default_factory=list)
     """selected runs that a NaN/inf loss stopped, with their stopped.json."""
+    counted: dict[Run, RunResult] = field(default_factory=dict)
+    """every counted run (on disk or archived) with its result."""
     archived: dict[Run, dict] = field(default_factory=dict)
     """the counted or stopped runs that came from the archive (not on disk), with their record."""
 
@@ -612,6 +614,7 @@ def collect(runs: Sequence[Run], archive: Archive) -> Collected:
                     out.missing.append(run)
                 else:
                     results.append(result)
+                    out.counted[run] = result
             if results:
                 out.summaries[env].append(summarize(results))
                 partial = {r.seed for r, rec in out.partial_curves(env) if r.method.name == method}
@@ -632,13 +635,12 @@ def archive_runs(
         if run in stopped:
             archive.add(stop_record(run.env, run.method.name, run.seed, run.budget, stopped[run]))
             continue
-        by_dir = {r.run_dir: r for r in collected.results.get(run.env, {}).get(run.method.name, [])}
-        if run.run_dir not in by_dir:
+        if run not in collected.counted:
             continue  # not completed
         launched_by, commit, machine = launch_tag(run.run_dir)
         cover = coverage.get(run)
         record = result_record(
-            by_dir[run.run_dir],
+            collected.counted[run],
             run.budget,
             coverage=asdict(cover) if cover is not None else None,
             launched_by=launched_by,
@@ -663,13 +665,12 @@ def launch_tag(run_dir: Path) -> tuple[list[str], str | None, str | None]:
     return [], None, None
 
 
-def run_machines(runs: Sequence[Run], collected: Collected) -> list[str]:
+def run_machines(collected: Collected) -> list[str]:
     """The machines the counted runs were launched on (as their tags or records say)."""
     machines = []
-    for run in runs:
-        if counted(run, collected):
-            record = collected.archived.get(run)
-            machines.append(record.get("machine") if record else launch_tag(run.run_dir)[2])
+    for run in collected.counted:
+        record = collected.archived.get(run)
+        machines.append(record.get("machine") if record else launch_tag(run.run_dir)[2])
     return list(dict.fromkeys(m for m in machines if m))
 
 
@@ -854,8 +855,8 @@ def collect_and_write(
     collected = collect(runs, archive)
     run_coverage = {
         run: run_coverage_of(run, collected)
-        for run in runs
-        if protocol.coverage and run.env in COVERAGE_ENVS and counted(run, collected)
+        for run in collected.counted
+        if protocol.coverage and run.env in COVERAGE_ENVS
     }
     coverage: dict[str, list[dict]] = {}
     for env, by_method in collected.results.items():
@@ -875,7 +876,7 @@ def collect_and_write(
         "command": command,
         "launch_commands": launch_commands(collected, archive),
         "machine": machine_info(),
-        "run_machines": run_machines(runs, collected),
+        "run_machines": run_machines(collected),
         "commit": git_commit(REPO),
         "date": datetime.date.today().isoformat(),
     }
@@ -908,12 +909,6 @@ def collect_and_write(
     archive.save()
     files = [*(stem.with_suffix(s) for s in (".md", ".json", ".csv")), archive.path]
     return collected, coverage, files + [p for paths in plots.values() for p in paths]
-
-
-def counted(run: Run, collected: Collected) -> bool:
-    """Whether ``run`` is among the collected (counted) runs."""
-    results = collected.results.get(run.env, {}).get(run.method.name, [])
-    return any(r.run_dir == run.run_dir for r in results)
 
 
 def run_coverage_of(run: Run, collected: Collected) -> Coverage | None:
