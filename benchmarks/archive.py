@@ -16,8 +16,8 @@ counts only for the budget it was made with.
 Pages collected before the archive existed kept only per-seed final numbers (``<protocol>.json``)
 and their figures. The first collect into such a docs folder seeds the archive from them: the
 runs' final numbers and, for fine-tuning, the step-0 (BC) return, marked ``curve_complete:
-false``; the old figures are kept as ``archive/<protocol>_<env>[_wall_clock]_<date>.png`` and the page links
-them for the runs whose curves were not kept.
+false``; the old figures are kept as ``archive/<protocol>_<env>[_wall_clock]_<date>.png``
+and the page links them for the runs whose curves were not kept.
 """
 
 from __future__ import annotations
@@ -186,8 +186,9 @@ def seed_from_page(path: Path, page: dict, docs_dir: Path) -> Archive:
     provenance = page.get("provenance", {})
     date = provenance.get("date", "undated")
     source = f"{page['protocol']}.json of {provenance.get('commit', '?')}, {date}"
-    archive = Archive(path, launch_commands=list(provenance.get("launch_commands", [])))
-    archive.seeded_from = source
+    archive = Archive(
+        path, launch_commands=list(provenance.get("launch_commands", [])), seeded_from=source
+    )
     coverage = {
         (env, row["method"]): row for env, rows in page.get("coverage", {}).items() for row in rows
     }

@@ -597,7 +597,7 @@ def collect(runs: Sequence[Run], archive: Archive) -> Collected:
     for env in dict.fromkeys(r.env for r in runs):
         out.summaries[env], out.curves[env], out.results[env] = [], {}, {}
         for method in dict.fromkeys(r.method.name for r in runs if r.env == env):
-            results = []
+            results, curves = [], []
             for run in (r for r in runs if r.env == env and r.method.name == method):
                 result = load_run(run.run_dir, env, method, run.seed)
                 stop = read_stop(run.run_dir) if result is None else None
@@ -615,10 +615,11 @@ def collect(runs: Sequence[Run], archive: Archive) -> Collected:
                 else:
                     results.append(result)
                     out.counted[run] = result
+                    if record is None or record["curve_complete"]:  # a whole curve to draw
+                        curves.append(result.curve)
             if results:
                 out.summaries[env].append(summarize(results))
-                partial = {r.seed for r, rec in out.partial_curves(env) if r.method.name == method}
-                out.curves[env][method] = [r.curve for r in results if r.seed not in partial]
+                out.curves[env][method] = curves
                 out.results[env][method] = results
     return out
 
