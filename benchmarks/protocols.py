@@ -116,13 +116,26 @@ FROM_SCRATCH = Protocol(
     name="from_scratch",
     title="From-scratch comparison",
     summary=(
-        "FPO, FPO++ and our Gaussian PPO trained from scratch with their default settings, "
-        "against stable-baselines3 PPO with its defaults as an outside reference."
+        "FPO, FPO++ and Gaussian PPO trained from scratch with their presets: CleanRL's PPO "
+        "(ppo) and the FPO paper's comparison (ppo-fpo-paper: FPO's settings and actor, so that "
+        "it differs from FPO only in the policy class), against stable-baselines3 PPO with its "
+        "defaults as an outside reference."
     ),
     methods=(
         Method("fpo", ("fpo",), source="FPOConfig defaults (docs/fpo.md)"),
-        Method("fpo++", ("fpo", "--preset", "fpo++"), source="fpo_plus_plus() (docs/fpo.md)"),
+        Method(
+            "fpo++",
+            ("fpo", "--preset", "fpo++"),
+            source="fpo_plus_plus(): FPO++'s released networks, EMA and update (docs/fpo.md)",
+        ),
         Method("ppo", ("ppo",), source="PPOConfig defaults, CleanRL's (docs/ppo.md)"),
+        Method(
+            "ppo-fpo-paper",
+            ("ppo", "--preset", "ppo-fpo-paper"),
+            source="ppo_fpo_paper(): FPO's settings and actor, the paper's lr 3e-4 and clip 0.1 "
+            "(docs/ppo.md)",
+            envs=("Hopper-v5",),
+        ),
         Method(
             "sb3-ppo",
             script="benchmarks/sb3_ppo.py",
@@ -179,18 +192,18 @@ FINETUNE = Protocol(
         Method("fpo", ("fpo",), BC_FLOW, source="FPOConfig defaults (docs/fpo.md)"),
         Method(
             "fpo-finetune",
-            ("fpo", "--learning-rate", "1e-4", "--max-grad-norm", "1.0"),
+            ("fpo", "--preset", "fpo-finetune"),
             BC_FLOW,
-            # Ours: with the from-scratch lr 3e-4 and no clipping, FPO collapsed on both Hopper
-            # seeds (seed 1 diverged to an infinite loss at 115k). 1e-4 and a clip of 1.0 are
-            # FPO++'s values; the fine-tuning papers use actor learning rates of 1e-5 to 1e-4.
-            source="FPOConfig defaults with FPO++'s lr 1e-4 and gradient clip 1.0 (ours)",
+            # Until 2026-12 this name ran ours: FPOConfig with lr 1e-4 and gradient clip 1.0
+            # (docs/benchmarks/superseded/finetune.json keeps those runs).
+            source="fpo_finetune(): vanilla FPO as fpo-control's sweeps fine-tune it (actor lr "
+            "1e-5, critic lr 1e-4, clip 0.01, gradient clip 5; docs/fpo.md)",
         ),
         Method(
             "fpo++",
             ("fpo", "--preset", "fpo++"),
             BC_FLOW,
-            source="fpo_plus_plus() (docs/fpo.md)",
+            source="fpo_plus_plus(): FPO++'s released settings, EMA once per iteration (docs/fpo.md)",
         ),
         Method(
             "dppo",
@@ -282,7 +295,8 @@ MULTIMODALITY = Protocol(
         Method(
             "fpo++",
             ("fpo", "--preset", "fpo++", *TOY_PPO, "--learning-rate", "1e-3"),
-            source="fpo_plus_plus() in the toy regime (not tuned on the toys)",
+            source="fpo_plus_plus() in the toy regime with lr 1e-3 (the preset's is 1e-4; not "
+            "tuned on the toys)",
         ),
         Method(
             "dppo",

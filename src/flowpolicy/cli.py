@@ -1,6 +1,7 @@
 """Command line: ``flowpolicy train | eval | collect | pretrain | plot``.
 
-    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt, reinflow, dppo, qam; --help lists options)
+    flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt, reinflow, dppo, qam;
+                                                      --help lists options, presets and their sources)
     flowpolicy train --resume RUN_DIR                 continue a killed run from its checkpoint
     flowpolicy eval PATH [--episodes N]               evaluate a train run, a pretrain run or a
                                                       policy file in zero and random sampling
@@ -26,80 +27,49 @@ from rich.console import Console
 
 from flowpolicy.errors import UserError
 
-ALGOS = ("ppo", "fpo", "rldt", "reinflow", "dppo", "qam")
-PRESETS = {
-    "ppo": ("ppo",),
-    "fpo": ("fpo", "fpo++"),
-    "rldt": ("rldt", "rldt-gym"),
-    "reinflow": ("reinflow",),
-    "dppo": ("dppo",),
-    "qam": ("qam", "qam-cpu", "qam-rldt"),
-}
 TYRO_CONFIG = (tyro.conf.OmitArgPrefixes, tyro.conf.AvoidSubcommands, tyro.conf.FlagConversionOff)
 USAGE = __doc__.split("\n\n")[1]
 
 stderr = Console(stderr=True, highlight=False)
 
 
-def default_algo_config(algo: str, preset: str):
-    """The algorithm config a preset starts from; command-line flags override its fields."""
-    from flowpolicy.algos.dppo import DPPOConfig
-    from flowpolicy.algos.fpo import FPOConfig, fpo_plus_plus
-    from flowpolicy.algos.ppo import PPOConfig
-    from flowpolicy.algos.qam import QAMConfig, qam_cpu, qam_rldt
-    from flowpolicy.algos.reinflow import ReinFlowConfig
-    from flowpolicy.algos.rldt import RLDTConfig, rldt_gym
-
-    if algo == "ppo":
-        return PPOConfig()
-    if algo == "reinflow":
-        return ReinFlowConfig()
-    if algo == "dppo":
-        return DPPOConfig()
-    if algo == "qam":
-        presets = {"qam-cpu": qam_cpu, "qam-rldt": qam_rldt}
-        return presets.get(preset, QAMConfig)()
-    if algo == "rldt":
-        return rldt_gym() if preset == "rldt-gym" else RLDTConfig()
-    return fpo_plus_plus() if preset == "fpo++" else FPOConfig()
-
-
 def parse_train(args: list[str]):
-    """``ALGO [--preset P] [options]`` -> TrainConfig."""
+    """``ALGO [--preset P] [options]`` -> TrainConfig. Options that replace a value of the
+    preset are listed on the console (and recorded in config.json by the run)."""
+    from flowpolicy.algos.presets import describe_overrides, find_preset, overridden_values
     from flowpolicy.train import TrainConfig
 
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0)
     algo, rest = args[0], args[1:]
-    if algo not in ALGOS:
-        raise UserError(
-            f"Unknown algorithm {algo!r}. Choose one of: {', '.join(ALGOS)} "
-            "(FPO++ is `flowpolicy train fpo --preset fpo++`)."
-        )
-    preset = algo
+    name = None
     if "--preset" in rest:
         at = rest.index("--preset")
         if at + 1 >= len(rest):
             raise UserError("--preset needs a name, e.g. `--preset fpo++`.")
-        preset = rest[at + 1]
+        name = rest[at + 1]
         rest = rest[:at] + rest[at + 2 :]
-    if preset not in PRESETS[algo]:
-        raise UserError(
-            f"Unknown preset {preset!r} for {algo}. Presets for {algo}: {', '.join(PRESETS[algo])}."
-        )
-    default = TrainConfig(algo=default_algo_config(algo, preset))
+    preset = find_preset(algo, name)
+    default = TrainConfig(algo=preset.config(), preset=preset.name)
     try:
-        return tyro.cli(
+        config = tyro.cli(
             TrainConfig,
             default=default,
             args=rest,
             config=TYRO_CONFIG,
-            prog=f"flowpolicy train {algo}" + (f" --preset {preset}" if preset != algo else ""),
-            description=f"Train with {preset}. Every option below overrides the preset's value.",
+            prog=f"flowpolicy train {algo}" + (f" --preset {name}" if name else ""),
+            description=(
+                f"Train with preset {preset.name}. Every option below overrides the preset's "
+                f"value.\n\n{preset.source}"
+            ),
         )
     except ValueError as error:  # raised by the configs' __post_init__ checks
         raise UserError(f"Invalid hyper-parameter: {error}") from error
+    overrides = overridden_values(preset, config.algo)
+    if overrides and not config.quiet:
+        stderr.print(describe_overrides(preset, overrides), markup=False)
+    return config
 
 
 @dataclass(frozen=True)

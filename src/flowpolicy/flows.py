@@ -27,7 +27,7 @@ VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
 TauSampling = Literal["uniform", "grid", "logit_normal"]
 LossWeighting = Literal["velocity", "eps"]
-LossReduction = Literal["mean", "sqrt_sum"]
+LossReduction = Literal["mean", "sqrt_sum", "chunk_sum"]
 
 
 def time_grid(flow_steps: int, device: torch.device | None = None) -> Tensor:
@@ -130,6 +130,7 @@ def cfm_loss(
     tau: Tensor,
     weighting: LossWeighting = "velocity",
     reduction: LossReduction = "mean",
+    chunk: int = 1,
 ) -> Tensor:
     """Per-sample conditional flow-matching loss, reduced over the action dims only.
 
@@ -137,8 +138,9 @@ def cfm_loss(
     eps:       ``l = || eps - eps_hat ||^2 = tau^2 || v - (a - eps) ||^2``, with
                ``eps_hat = x_tau - tau v`` (FPO's default "eps-MSE").
 
-    Reduction over the A action dims: ``mean`` (sum / A) or ``sqrt_sum`` (sum / sqrt(A),
-    FPO++'s released code).
+    Reduction over the A = Ta * Da action dims: ``mean`` (sum / A), ``sqrt_sum`` (sum / sqrt(A),
+    FPO++'s released locomotion code) or ``chunk_sum`` (the mean over each step's Da dims,
+    summed over the ``chunk`` = Ta steps, i.e. sum / Da: fpo-control's manipulation code).
 
     Args:
         predicted_velocity: ``v_theta(x_tau, tau)``, (..., A).
@@ -157,4 +159,8 @@ def cfm_loss(
         return squared_error.sum(-1) / dims
     if reduction == "sqrt_sum":
         return squared_error.sum(-1) / dims**0.5
+    if reduction == "chunk_sum":
+        if dims % chunk:
+            raise ValueError(f"{dims} action dims do not split into chunks of {chunk} steps")
+        return squared_error.sum(-1) / (dims // chunk)
     raise ValueError(f"unknown loss reduction {reduction!r}")

@@ -19,13 +19,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Activation = Literal["silu", "tanh", "relu", "mish"]
+Activation = Literal["silu", "tanh", "relu", "mish", "elu"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "mish": nn.Mish,
+    "elu": nn.ELU,
 }
 
 

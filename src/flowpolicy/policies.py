@@ -567,8 +567,9 @@ class GaussianPolicy(_BoundedActions):
     """Diagonal Gaussian with a state-independent log-std (CleanRL's continuous PPO).
 
     ``a ~ N(mu_theta(s), diag(exp(2 log_std)))`` over a chunk of ``Ta`` actions (flat A); the
-    env receives the first ``Ta_exec`` of ``clip(a, -1, 1)``, through the action normaliser
-    and scaled to its bounds, and the unclipped ``a`` is stored for the likelihood ratio.
+    env receives the first ``Ta_exec`` of ``clip(a, -1, 1)`` (CleanRL) or ``tanh(a)`` (the FPO
+    paper's Brax PPO), through the action normaliser and scaled to its bounds, and the raw
+    ``a`` is stored for the likelihood ratio.
 
     Args:
         obs_dim: Do. action_low, action_high: env bounds, (Da,) each.
@@ -578,6 +579,7 @@ class GaussianPolicy(_BoundedActions):
         network: ``mlp`` (orthogonal init, small output layer) or ``residual``.
         layer_norm: LayerNorm in the residual blocks.
         obs_normalization: ``running`` mean/std or ``min_max`` (fitted on a dataset).
+        squash: how raw actions are bounded for the env (``clip`` or ``tanh``).
     """
 
     def __init__(
@@ -594,8 +596,10 @@ class GaussianPolicy(_BoundedActions):
         network: Network = "mlp",
         layer_norm: bool = False,
         obs_normalization: ObsNormalization = "running",
+        squash: Squash = "clip",
     ) -> None:
         super().__init__(action_low, action_high)
+        self.squash = squash
         _check_chunk(chunk, chunk_exec)
         self.obs_dim = obs_dim
         self.action_dim = len(self.action_low)
@@ -626,6 +630,7 @@ class GaussianPolicy(_BoundedActions):
             "network": network,
             "layer_norm": layer_norm,
             "obs_normalization": obs_normalization,
+            "squash": squash,
         }
 
     def distribution(self, obs_normalised: Tensor) -> torch.distributions.Normal:
@@ -640,7 +645,8 @@ class GaussianPolicy(_BoundedActions):
 
     def env_action(self, raw_action: Tensor) -> Tensor:
         """Raw sample (B, A) -> executed env actions (B, Ta_exec * Da) within bounds."""
-        bounded = self._executed(raw_action).clamp(-1.0, 1.0)
+        executed = self._executed(raw_action)
+        bounded = executed.tanh() if self.squash == "tanh" else executed.clamp(-1.0, 1.0)
         return self.scale_to_env(bounded).reshape(raw_action.shape[0], -1)
 
     @torch.no_grad()

@@ -236,26 +236,28 @@ def infer_kind(config: dict) -> Kind:
 def infer_preset(algo_name: str, algo_config: dict) -> str:
     """The preset (see ``flowpolicy train ALGO --preset``) a run's algorithm config comes from.
 
-    config.json records the resolved hyper-parameters, not the preset, so compare them with each
-    preset's defaults on the fields where the presets differ and take the preset that agrees on
-    most of them (ties: the algorithm's own default). Options given on top of a preset do not
-    change the answer unless they override most of what sets the presets apart.
+    Runs record their preset in config.json; for runs made before they did, compare the
+    resolved hyper-parameters with each preset's values on the fields where the presets differ
+    and take the preset that agrees on most of them (ties: the algorithm's own default).
+    Options given on top of a preset do not change the answer unless they override most of
+    what sets the presets apart.
     """
-    from flowpolicy.cli import PRESETS, default_algo_config
+    from flowpolicy.algos.presets import PRESETS
 
-    presets = PRESETS.get(algo_name, ())
+    presets = [p.name for p in PRESETS.get(algo_name, ())]
     if len(presets) < 2:
         return algo_name
     # Through JSON so that tuples compare equal to the lists that config.json holds.
-    defaults = {
-        p: json.loads(json.dumps(asdict(default_algo_config(algo_name, p)))) for p in presets
-    }
+    defaults = {p.name: json.loads(json.dumps(asdict(p.config()))) for p in PRESETS[algo_name]}
     differing = [
         key
         for key in defaults[presets[0]]
         if len({json.dumps(d.get(key)) for d in defaults.values()}) > 1
     ]
-    agreement = {p: sum(algo_config.get(k) == defaults[p][k] for k in differing) for p in presets}
+    agreement = {
+        p: sum(k in algo_config and algo_config[k] == defaults[p][k] for k in differing)
+        for p in presets
+    }
     return max(presets, key=lambda p: agreement[p])  # max keeps the first of equals
 
 
@@ -275,8 +277,12 @@ def infer_method(config: dict) -> str:
     name = config.get("algo_name")
     if not isinstance(name, str):
         return "unknown"
-    method = infer_preset(name, algo) if isinstance(algo, dict) else name
-    return f"{method}-finetune" if kind == "finetune" else method
+    method = config.get("preset")
+    if not isinstance(method, str):
+        method = infer_preset(name, algo) if isinstance(algo, dict) else name
+    if kind == "finetune" and not method.endswith("-finetune"):
+        return f"{method}-finetune"
+    return method
 
 
 def _pretrain_env(run_dir: Path) -> str | None:

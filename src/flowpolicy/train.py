@@ -18,16 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 from torch import nn
 
 from flowpolicy.algos.dppo import DPPO, DPPOConfig
 from flowpolicy.algos.fpo import FPO, FPOConfig
 from flowpolicy.algos.ppo import PPO, PPOConfig
+from flowpolicy.algos.presets import find_preset, overridden_values
 from flowpolicy.algos.qam import QAM, QAMConfig
 from flowpolicy.algos.reinflow import ReinFlow, ReinFlowConfig
 from flowpolicy.algos.rldt import RLDT, RLDTConfig
@@ -105,8 +107,13 @@ class TrainConfig:
     stop_at_return: float | None = None
     """end the run early at the first evaluation whose zero-sampling mean return reaches this
     (e.g. to stop an expert at a "medium" level); None trains for total_steps."""
+    preset: Annotated[str | None, tyro.conf.Suppress] = None
+    """the preset the algorithm config started from (``--preset``; flowpolicy.algos.presets);
+    config.json records it with the values that options replaced. None: not from a preset."""
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            find_preset(self.algo_name, self.preset)  # UserError naming the choices
         for name in ("total_steps", "eval_episodes", "checkpoint_every", "torch_threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
@@ -130,15 +137,25 @@ class TrainResult:
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    """JSON-ready resolved config, with the algorithm's name."""
+    """JSON-ready resolved config, with the algorithm's name and, for a run from a preset, the
+    preset values that options replaced (``preset_overrides``, for readers; not read back)."""
     data = dataclasses.asdict(config)
     data["algo_name"] = config.algo_name
+    if config.preset is not None:
+        preset = find_preset(config.algo_name, config.preset)
+        data["preset_overrides"] = json_ready(overridden_values(preset, config.algo))
     return data
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples as lists, recursively, so that a dict compares equal after a JSON round trip."""
+    return json.loads(json.dumps(value))
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`config_to_dict` (tuples restored from JSON lists)."""
     data = dict(data)
+    data.pop("preset_overrides", None)
     algo_name = data.pop("algo_name")
     algo_class = CONFIG_CLASSES[algo_name]
     algo_fields = {f.name: f for f in dataclasses.fields(algo_class)}

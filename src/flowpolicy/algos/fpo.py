@@ -20,10 +20,12 @@ FPO++ (Yi, Choi et al., arXiv 2602.02481; code amazon-far/fpo-control; section 4
 per-sample ratios; the ASPO trust region (PPO clip for A >= 0, SPO's
 ``r A - |A| (r - 1)^2 / (2 c)`` for A < 0); CFM losses clamped at 20 (and the new loss clamped
 again on negative-advantage samples so they cannot push an action's loss up without bound); a
-straight-through clamp of the log-ratio at 10; advantages clamped to +-100; Gaussian action
-perturbation (std 0.02) on training rollouts; an EMA of the actor that is evaluated and saved;
-the sum/sqrt(A) loss reduction; tau ~ U[0.005, 0.995]; AdamW. :func:`fpo_plus_plus` returns
-that preset; every switch is also a field of :class:`FPOConfig`.
+straight-through clamp of the log-ratio from above at 10; advantages clamped to +-100; Gaussian
+action perturbation (std 0.02) on training rollouts; an EMA of the actor, updated once per
+iteration, that is evaluated and saved; the sum/sqrt(A) loss reduction; tau ~ U[0.005, 0.995];
+AdamW; a 3x256 ELU actor and a 3x768 ELU critic. :func:`fpo_plus_plus` returns that preset and
+:func:`fpo_finetune` the released setting for fine-tuning with vanilla FPO; every switch is also
+a field of :class:`FPOConfig`.
 
 Shapes: ``T`` rollout steps, ``N`` envs, ``B`` minibatch, ``M`` (tau, eps) pairs per action,
 ``A = Ta * Da`` flat action size, ``Do`` observation size.
@@ -54,8 +56,15 @@ from flowpolicy.policies import FlowPolicy, Squash
 @dataclass(frozen=True)
 class FPOConfig:
     """FPO. Algorithmic defaults are the paper's (K 10, M 8, clip 0.05, eps-MSE, tau on the
-    sampling grid, 4x32 SiLU actor with output scale 0.25); the data regime and critic are
-    those of our Gaussian PPO so that the two differ only in the policy class."""
+    sampling grid, 4x32 SiLU actor with output scale 0.25, vf coef 0.25, no gradient clip);
+    the data regime and critic are those of our Gaussian PPO (8 envs x 256 steps, 32
+    minibatches, 10 epochs, critic 2x64 tanh; the authors ran 2048 MJX envs, 16 epochs and a
+    5x256 critic).
+
+    Source: akanazawa/fpo at commit 418c2554f7cd22d52e14c07d951280929d73bf2f,
+    playground/src/flow_policy/fpo.py (FpoConfig: learning_rate 3e-4, clipping_epsilon 0.05,
+    n_samples_per_action 8, policy_mlp_output_scale 0.25, eps-MSE, tau on the grid,
+    value_loss_coeff 0.25) and networks.py (SiLU)."""
 
     # --- rollout and PPO ---
     num_envs: int = 8
@@ -63,7 +72,11 @@ class FPOConfig:
     num_steps: int = 256
     """steps per env per rollout; the batch is num_envs * num_steps."""
     learning_rate: float = 3e-4
-    """learning rate (actor and critic)."""
+    """learning rate of the actor (and of the critic unless critic_learning_rate is set)."""
+    critic_learning_rate: float | None = None
+    """the critic's own learning rate, in its own parameter group with its own gradient-norm
+    clip (fpo-control's fine-tuning: 1e-4 beside an actor at 1e-5); None: actor and critic
+    share learning_rate and one clip."""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over the run."""
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -79,7 +92,10 @@ class FPOConfig:
     update_epochs: int = 10
     """passes over each batch."""
     norm_adv: bool = True
-    """standardise advantages per minibatch."""
+    """standardise advantages."""
+    norm_adv_over: Literal["minibatch", "rollout"] = "minibatch"
+    """standardise per minibatch (CleanRL, FPO) or once over the rollout (FPO++'s released
+    locomotion code)."""
     clip_coef: float = 0.05
     """trust-region clip c on the CFM ratio (0.05 beat 0.1 and 0.2 in the paper)."""
     clip_vloss: bool = False
@@ -91,7 +107,7 @@ class FPOConfig:
     scale_rewards: bool = True
     """divide rewards by the running std of the discounted return."""
     critic_warmup_iterations: int = 0
-    """first iterations that train only the value network (ours, for fine-tuning; 0: none)."""
+    """first iterations that train only the value network (fpo-control's fine-tuning: 1)."""
     # --- flow policy ---
     flow_steps: int = 10
     """K Euler steps of the sampler."""
@@ -136,15 +152,17 @@ class FPOConfig:
     cfm_loss_clamp: float | None = None
     """clamp each CFM loss at this value before differencing (FPO++: 20)."""
     logratio_clamp: float | None = None
-    """straight-through clamp of the log-ratio to +-this (FPO++: 10)."""
+    """straight-through clamp of the log-ratio from above at this value (FPO++: 10)."""
     advantage_clamp: float | None = None
     """clamp advantages to +-this (FPO++: 100)."""
     action_noise_std: float = 0.0
     """Gaussian perturbation of training-rollout actions (FPO++: 0.02)."""
     ema_decay: float | None = None
-    """EMA of the actor that is evaluated and saved (FPO++: 0.95); None disables it."""
-    ema_start: int = 500
-    """optimizer steps before the EMA starts averaging (it copies the weights until then)."""
+    """EMA of the actor, updated once per iteration, that is evaluated and saved (FPO++:
+    0.95); None disables it."""
+    ema_start_iterations: int = 500
+    """iterations before the EMA starts averaging (until then it copies the live weights, so
+    evaluation sees them; FPO++: 500)."""
 
     @property
     def batch_size(self) -> int:
@@ -157,7 +175,9 @@ class FPOConfig:
     def __post_init__(self) -> None:
         check_on_policy_config(self)
         require_positive(self, "flow_steps", "mc_samples", "chunk", "chunk_exec", "time_dim")
-        require_non_negative(self, "critic_warmup_iterations", "action_noise_std")
+        require_non_negative(
+            self, "critic_warmup_iterations", "action_noise_std", "ema_start_iterations"
+        )
         if self.chunk_exec > self.chunk:
             raise ValueError(
                 f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
@@ -170,13 +190,30 @@ class FPOConfig:
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}.")
         require_positive(
-            self, "cfm_loss_clamp", "logratio_clamp", "advantage_clamp", "per_sample_logratio_clamp"
+            self,
+            "cfm_loss_clamp",
+            "logratio_clamp",
+            "advantage_clamp",
+            "per_sample_logratio_clamp",
+            "critic_learning_rate",
         )
 
 
 def fpo_plus_plus(**overrides: object) -> FPOConfig:
-    """The FPO++ preset (released-code defaults for locomotion, with the CPU-sized data regime
-    of :class:`FPOConfig`); keyword overrides win."""
+    """FPO++ (``--preset fpo++``): the released locomotion settings, in the CPU-sized data
+    regime of :class:`FPOConfig` (8 envs x 256 steps, 32 minibatches, 10 epochs; the release
+    runs 4096 envs x 24 steps, 4 minibatches, 16 epochs). Keyword overrides win.
+
+    Source: amazon-far/fpo-control, release commit cd38cea9dfece2407567407cd3fedfd95afcef8a
+    (as held by RPFey/fpo-control and RX-00/fpo-control), isaaclab_experiments/isaaclab_fpo/
+    isaaclab_fpo/: rl_cfg.py (lr, AdamW, clamps, ASPO, EMA 0.95 from iteration 500, M 16,
+    sqrt reduction, tau range, perturbation 0.02, value coef 1, fixed lr schedule, advantages
+    normalised over the rollout, 8-dim time embedding, output scale 1.0), task_cfgs.py (actor
+    3x256 and critic 3x768, ELU), runners/on_policy_runner.py (EMA updated once per iteration),
+    algorithms/fpo.py (one AdamW over actor and critic, log-ratio clamped from above only).
+    Deviations: 10 flow steps instead of 64 (CPU speed; ``--flow-steps 64`` to match) and
+    actions clipped to the env's bounds (the release clips at 2 in its own action units).
+    """
     preset = dict(
         ratio_mode="per_sample",
         per_sample_logratio_clamp=None,
@@ -186,7 +223,7 @@ def fpo_plus_plus(**overrides: object) -> FPOConfig:
         advantage_clamp=100.0,
         action_noise_std=0.02,
         ema_decay=0.95,
-        ema_start=500,
+        ema_start_iterations=500,
         cfm_reduction="sqrt_sum",
         loss_weighting="velocity",
         tau_sampling="uniform",
@@ -194,10 +231,58 @@ def fpo_plus_plus(**overrides: object) -> FPOConfig:
         tau_max=0.995,
         optimizer="adamw",
         learning_rate=1e-4,
+        anneal_lr=False,
         weight_decay=1e-4,
         max_grad_norm=1.0,
         vf_coef=1.0,
+        norm_adv_over="rollout",
         mc_samples=16,
+        actor_hidden=(256, 256, 256),
+        actor_activation="elu",
+        output_scale=1.0,
+        squash="clip",
+        critic_hidden=(768, 768, 768),
+        critic_activation="elu",
+    )
+    return FPOConfig(**(preset | overrides))
+
+
+def fpo_finetune(**overrides: object) -> FPOConfig:
+    """Vanilla FPO for fine-tuning a pretrained flow policy (``--preset fpo-finetune``), as
+    fpo-control's sweeps fine-tune it, in the CPU-sized data regime of :class:`FPOConfig`
+    (the release: 30 envs x 1600 steps, chunks of 16). Keyword overrides win.
+
+    Source: amazon-far/fpo-control, release commit cd38cea9dfece2407567407cd3fedfd95afcef8a,
+    manipulation_experiments/: scripts/sweeps/dec27_finetune_vanilla_fpo_can.yaml (clip
+    {0.01, 0.02}, gradient clip 5, plain MSE, ratio from losses averaged over all 8 samples,
+    no clamps, PPO clip), finetune_online_rl.py (actor lr 1e-5 and critic lr 1e-4 in separate
+    AdamW optimisers with wd 1e-6 and separately clipped gradients, 10 epochs, 8 minibatches,
+    one critic-only iteration first, constant lr, value coef 1 without clipping, critic
+    512-256 ReLU, tau ~ U[0, 1]) and src/flow_model.py (the CFM loss: the mean over each
+    step's action dims, summed over the chunk's steps). gae_lambda 0.99 and gamma 0.99 are
+    the Can settings of scripts/run_main_benchmark.sh. Deviation: one AdamW with an actor
+    and a critic parameter group (identical to two AdamW optimisers) with betas (0.9, 0.999)
+    for both (the release's actor uses beta2 0.99).
+    """
+    preset = dict(
+        learning_rate=1e-5,
+        critic_learning_rate=1e-4,
+        optimizer="adamw",
+        weight_decay=1e-6,
+        anneal_lr=False,
+        clip_coef=0.01,
+        max_grad_norm=5.0,
+        num_minibatches=8,
+        update_epochs=10,
+        gae_lambda=0.99,
+        vf_coef=1.0,
+        critic_warmup_iterations=1,
+        loss_weighting="velocity",
+        tau_sampling="uniform",
+        cfm_reduction="chunk_sum",
+        mc_samples=8,
+        critic_hidden=(512, 256),
+        critic_activation="relu",
     )
     return FPOConfig(**(preset | overrides))
 
@@ -218,9 +303,10 @@ def trust_region_objective(
     return torch.where(advantages >= 0, ppo, spo)
 
 
-def straight_through_clamp(x: Tensor, bound: float) -> Tensor:
-    """Clamp the value to +-bound but pass the gradient as if unclamped."""
-    return x + (x.clamp(-bound, bound) - x).detach()
+def straight_through_clamp(x: Tensor, upper: float) -> Tensor:
+    """Clamp the value from above at ``upper`` but pass the gradient as if unclamped (FPO++
+    bounds only large ratios: a very negative log-ratio gives a ratio near 0, which is safe)."""
+    return x + (x.clamp(max=upper) - x).detach()
 
 
 class FPO:
@@ -244,11 +330,20 @@ class FPO:
         )
         self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
-        self.parameters = [*self.policy.parameters(), *self.critic.parameters()]
+        actor, critic = list(self.policy.parameters()), list(self.critic.parameters())
+        if config.critic_learning_rate is None:  # one group: one lr, one gradient clip
+            groups = [{"params": actor + critic, "base_lr": config.learning_rate}]
+            self.parameters: onpolicy.ClipGroups = actor + critic
+        else:  # two groups, the same as two optimisers: own lr, own gradient clip
+            groups = [
+                {"params": actor, "base_lr": config.learning_rate},
+                {"params": critic, "base_lr": config.critic_learning_rate},
+            ]
+            self.parameters = [actor, critic]
+        for group in groups:
+            group["lr"] = group["base_lr"]
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_class(
-            self.parameters, lr=config.learning_rate, eps=1e-5, weight_decay=config.weight_decay
-        )
+        self.optimizer = optimizer_class(groups, eps=1e-5, weight_decay=config.weight_decay)
         self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
         self.optimizer_steps = 0
 
@@ -299,7 +394,9 @@ class FPO:
         velocity = self.policy.velocity(
             obs_repeated.flatten(0, 1), x_tau.flatten(0, 1), tau.flatten()
         ).view_as(noise)
-        return flows.cfm_loss(velocity, actions, noise, tau, cfg.loss_weighting, cfg.cfm_reduction)
+        return flows.cfm_loss(
+            velocity, actions, noise, tau, cfg.loss_weighting, cfg.cfm_reduction, self.policy.chunk
+        )
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -381,9 +478,12 @@ class FPO:
             batch, self.critic, self.policy.obs_norm, reward_scaler, self.optimizer, cfg
         )
         records = prepared.records
+        per_minibatch = cfg.norm_adv and cfg.norm_adv_over == "minibatch"
+        if cfg.norm_adv and cfg.norm_adv_over == "rollout":
+            prepared.advantages = onpolicy.normalize_advantages(prepared.advantages)
 
         def minibatch_step(idx: Tensor) -> dict[str, Tensor | float]:
-            adv = onpolicy.minibatch_advantages(prepared, idx, cfg.norm_adv)
+            adv = onpolicy.minibatch_advantages(prepared, idx, per_minibatch)
             if cfg.advantage_clamp is not None:
                 adv = adv.clamp(-cfg.advantage_clamp, cfg.advantage_clamp)
             pg_loss, metrics = self.policy_loss(
@@ -396,18 +496,16 @@ class FPO:
             )
             if warming_up:
                 pg_loss = pg_loss.detach()  # reported, not followed
-            step_metrics = onpolicy.critic_loss_and_step(
+            self.optimizer_steps += 1
+            return onpolicy.critic_loss_and_step(
                 prepared, idx, pg_loss, metrics, self.critic, self.optimizer, self.parameters, cfg
             )
-            self._update_ema()
-            return step_metrics
 
         out = onpolicy.run_epochs(
             cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
         )
         self.policy.obs_norm.update(batch.obs)
-        if self.ema_policy is not None:
-            self.ema_policy.obs_norm.load_state_dict(self.policy.obs_norm.state_dict())
+        self._update_ema()
         out["critic/explained_variance"] = onpolicy.explained_variance(
             prepared.values, prepared.returns
         )
@@ -417,15 +515,18 @@ class FPO:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        """EMA of the actor's parameters; a plain copy for the first ``ema_start`` steps."""
-        self.optimizer_steps += 1
+        """Once per iteration, after the update (as FPO++'s runner does): the EMA of the actor's
+        parameters, ``ema = decay * ema + (1 - decay) * theta``; a plain copy for the first
+        ``ema_start_iterations`` iterations. The observation normaliser is copied."""
         if self.ema_policy is None:
             return
-        decay = self.config.ema_decay if self.optimizer_steps > self.config.ema_start else 0.0
+        started = self.iterations > self.config.ema_start_iterations
+        decay = self.config.ema_decay if started else 0.0
         for ema_param, param in zip(
             self.ema_policy.parameters(), self.policy.parameters(), strict=True
         ):
             ema_param.lerp_(param, 1.0 - decay)
+        self.ema_policy.obs_norm.load_state_dict(self.policy.obs_norm.state_dict())
 
     def state_dict(self) -> dict:
         return {

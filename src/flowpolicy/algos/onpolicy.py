@@ -95,24 +95,31 @@ def minibatch_indices(batch_size: int, num_minibatches: int) -> Iterator[Tensor]
     yield from permutation.view(num_minibatches, -1)
 
 
+ClipGroups = Sequence[nn.Parameter] | Sequence[Sequence[nn.Parameter]]
+"""Parameters whose gradient norm is clipped together, or several such groups clipped each
+on its own (an actor and a critic with separate optimisers, as fpo-control fine-tunes)."""
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer,
     loss: Tensor,
-    parameters: Sequence[nn.Parameter],
+    parameters: ClipGroups,
     max_grad_norm: float | None,
 ) -> float:
     """Backward + (clipped) step. Refuses a non-finite loss so no NaN reaches the weights.
 
-    Returns the gradient norm before clipping.
+    Returns the gradient norm before clipping (over all groups together).
     """
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     limit = math.inf if max_grad_norm is None else max_grad_norm
-    grad_norm = nn.utils.clip_grad_norm_(parameters, limit)
+    nested = len(parameters) > 0 and not isinstance(parameters[0], nn.Parameter)
+    groups = parameters if nested else [parameters]
+    norms = torch.stack([nn.utils.clip_grad_norm_(group, limit) for group in groups])
     optimizer.step()
-    return float(grad_norm)
+    return float(norms.norm())
 
 
 def annealed_lr(learning_rate: float, progress: float, anneal: bool) -> float:
@@ -190,9 +197,11 @@ def prepare_batch(
     optimizer: torch.optim.Optimizer,
     config: Any,
 ) -> PreparedBatch:
-    """:func:`advantages_batch`, plus the (annealed) learning rate of a single-lr optimiser."""
+    """:func:`advantages_batch`, plus the (annealed) learning rate of each parameter group: its
+    ``base_lr`` where it has one (a critic with its own rate), else ``config.learning_rate``."""
     for group in optimizer.param_groups:
-        group["lr"] = annealed_lr(config.learning_rate, batch.progress, config.anneal_lr)
+        base = group.get("base_lr", config.learning_rate)
+        group["lr"] = annealed_lr(base, batch.progress, config.anneal_lr)
     return advantages_batch(batch, critic, obs_norm, reward_scaler, config.gamma, config.gae_lambda)
 
 

@@ -23,13 +23,18 @@ from flowpolicy.algos.validation import check_on_policy_config
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
 from flowpolicy.nets import Activation
-from flowpolicy.policies import GaussianPolicy
+from flowpolicy.policies import GaussianPolicy, Squash
 
 
 @dataclass(frozen=True)
 class PPOConfig:
     """Gaussian PPO. Defaults: CleanRL's continuous-control PPO, with the 2048-step rollout
-    spread over 8 envs (a quarter of the per-step policy calls on a CPU)."""
+    spread over 8 envs (a quarter of the per-step policy calls on a CPU).
+
+    Source: vwxyzjn/cleanrl at commit 35896b1fefa9898b904f7e09bcbe6e168e15d2a9,
+    cleanrl/ppo_continuous_action.py (lr 3e-4 annealed, 1 env x 2048 steps, 32 minibatches,
+    10 epochs, clip 0.2 with value clipping, vf coef 0.5, gradient clip 0.5, actor and critic
+    64x64 tanh, state-independent log-std, clipped actions, normalised rewards)."""
 
     num_envs: int = 8
     """parallel environments."""
@@ -57,8 +62,8 @@ class PPOConfig:
     """entropy bonus coefficient."""
     vf_coef: float = 0.5
     """value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """global gradient-norm clip."""
+    max_grad_norm: float | None = 0.5
+    """global gradient-norm clip (None: no clipping)."""
     scale_rewards: bool = True
     """divide rewards by the running std of the discounted return (CleanRL's NormalizeReward)."""
     actor_hidden: tuple[int, ...] = (64, 64)
@@ -66,9 +71,13 @@ class PPOConfig:
     critic_hidden: tuple[int, ...] = (64, 64)
     """hidden sizes of the value network."""
     activation: Activation = "tanh"
-    """hidden activation of both networks."""
+    """hidden activation of the mean network."""
+    critic_activation: Activation = "tanh"
+    """hidden activation of the value network."""
     initial_log_std: float = 0.0
     """initial log standard deviation of the policy."""
+    squash: Squash = "clip"
+    """how sampled actions are bounded for the env: clip (CleanRL) or tanh (Brax, FPO paper)."""
 
     @property
     def batch_size(self) -> int:
@@ -85,6 +94,35 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_on_policy_config(self)
+
+
+def ppo_fpo_paper(**overrides: object) -> PPOConfig:
+    """Gaussian PPO as the FPO paper compared it (``--preset ppo-fpo-paper``): every setting of
+    :class:`~flowpolicy.algos.fpo.FPOConfig` that a Gaussian policy has (data regime, critic
+    2x64 tanh, value coef 0.25 without value clipping, no gradient clip, tanh-squashed
+    actions), the FPO actor's hidden layers (4x32 SiLU), and the paper's tuned lr 3e-4 and
+    clip 0.1. So "FPO vs Gaussian PPO" differs only in the policy class. Keyword overrides win.
+
+    Source: akanazawa/fpo at commit 418c2554f7cd22d52e14c07d951280929d73bf2f,
+    playground/src/flow_policy/: ppo.py (the Gaussian actor is FPO's 4x32 SiLU network with a
+    mean and a softplus scale head, actions through tanh), train_ppo.ipynb
+    (``learning_rate=3e-4, clipping_epsilon=0.1``: "decreasing learning rate and clipping
+    epsilons improves DM Control results"). Deviation: a state-independent log-std (CleanRL's)
+    instead of Brax's state-dependent softplus scale.
+    """
+    preset = dict(
+        learning_rate=3e-4,
+        clip_coef=0.1,
+        clip_vloss=False,
+        vf_coef=0.25,
+        max_grad_norm=None,
+        actor_hidden=(32, 32, 32, 32),
+        activation="silu",
+        critic_hidden=(64, 64),
+        critic_activation="tanh",
+        squash="tanh",
+    )
+    return PPOConfig(**(preset | overrides))
 
 
 class PPO:
@@ -111,8 +149,9 @@ class PPO:
                 hidden=config.actor_hidden,
                 activation=config.activation,
                 initial_log_std=config.initial_log_std,
+                squash=config.squash,
             )
-        self.critic = ValueNet(obs_dim, config.critic_hidden, config.activation)
+        self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
         self.parameters = [*self.policy.parameters(), *self.critic.parameters()]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate, eps=1e-5)

@@ -81,8 +81,12 @@ Exploration = Literal["euler", "sde"]
 
 @dataclass(frozen=True)
 class QAMConfig:
-    """QAM. Defaults are the authors' (``agents/qam.py`` and ``main.py``, chunk 5); their
-    experiment scripts cover OGBench only (per-task beta 1-30), with no Gym locomotion settings.
+    """QAM. Defaults are the authors'; their experiment scripts cover OGBench only (per-task
+    beta 1-30), with no Gym locomotion settings.
+
+    Source: ColinQiyangLi/qam at commit f93efd22520a79f6819f458dffe9c075eacc786f,
+    agents/qam.py (get_config: lr 3e-4, batch 256, 10 LayerNorm Q members of 4x512, rho 0.5,
+    10 flow steps, inv_temp 0.3) and main.py (horizon_length 5).
 
     Cost on a CPU: the paper's critic is 10 LayerNorm MLPs of 4x512, and the update-to-data
     ratio is one critic + actor step (batch 256; per actor step K passes of each field along
@@ -293,7 +297,9 @@ def qam_cpu(**overrides: object) -> QAMConfig:
     2x256 instead of 4x512, a 3x256 from-scratch actor, 4 envs x 50 chunk steps per iteration.
     Measured with a 3x512 residual BC policy (K = 10) at Hopper sizes on one thread
     (benchmarks/qam_update_speed.py): 0.08 s per critic step and 0.29 s per actor step, about
-    2.6 hours of updates per 100k env steps (the defaults: about 28). Keyword overrides win."""
+    2.6 hours of updates per 100k env steps (the defaults: about 28). Keyword overrides win.
+
+    Source: ours (the QAM method of :class:`QAMConfig`, resized for a CPU)."""
     preset = dict(
         num_envs=4,
         utd_ratio=0.25,
@@ -311,7 +317,12 @@ def qam_rldt(**overrides: object) -> QAMConfig:
     fine-tuned actor starting from the pretrained one, no BC loss, velocity MSE to the base
     (0.2), beta 0.3, and RLDT's critic and data regime taken from :class:`RLDTConfig`'s
     defaults (2 members, min target, TD(lambda) on rounds of trajectory segments, reward EMA,
-    K = 8, chunk 4). Keyword overrides win."""
+    K = 8, chunk 4). Keyword overrides win.
+
+    Source: RPFey/rldt at commit add6029182ae2598e4eb62037e8b4b8ec8a38ac9,
+    cfg/gym/finetune/hopper-v2/ft_qam_flowmatching_mlp.yaml and
+    agent/finetune/train_fm_qam_agent.py (policy_ema_tau 0.995, kl_coef 0.2 on the velocity
+    difference, inv_temp 0.3)."""
     rldt = RLDTConfig()
     preset = dict(
         base="ema",

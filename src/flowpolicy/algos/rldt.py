@@ -81,9 +81,13 @@ Exploration = Literal["min_extrp", "gaussian", "none"]
 
 @dataclass(frozen=True)
 class RLDTConfig:
-    """RLDT. Defaults are the authors' Gym fine-tuning settings (released config
-    ``cfg/gym/finetune/*/ft_svgd_flowmatching_mlp.yaml``), except where a 2-core CPU needs a
-    smaller data regime (marked CPU below; :func:`rldt_gym` restores the authors' sizes)."""
+    """RLDT. Defaults are the authors' Gym fine-tuning settings, except where a 2-core CPU needs
+    a smaller data regime (marked CPU below; :func:`rldt_gym` restores the authors' sizes).
+
+    Source: RPFey/rldt at commit add6029182ae2598e4eb62037e8b4b8ec8a38ac9,
+    cfg/gym/finetune/hopper-v2/ft_svgd_flowmatching_mlp.yaml (8 flow steps, actor lr 1e-5,
+    Q lr 1e-3, 8 particles, SVGD temperature 1e-3, KL coef 0.2, 2 Q members, target momentum
+    0.995, 32 actor steps per iteration, gamma 0.99)."""
 
     # --- rollout ---
     num_envs: int = 10
@@ -271,7 +275,11 @@ class RLDTConfig:
 
 def rldt_gym(**overrides: object) -> RLDTConfig:
     """The authors' full Gym data regime (100 envs x 500 chunk steps, 16 rounds, 512 critic
-    steps per iteration, 1-step TD targets); sized for a GPU. Keyword overrides win."""
+    steps per iteration, 1-step TD targets); sized for a GPU. Keyword overrides win.
+
+    Source: RPFey/rldt at commit add6029182ae2598e4eb62037e8b4b8ec8a38ac9,
+    cfg/gym/finetune/hopper-v2/ft_svgd_flowmatching_mlp.yaml (n_envs 100, n_steps 500,
+    q_repeat 16, q_update_steps 512, policy_update_steps 32, td_lambda 0)."""
     preset = dict(
         num_envs=100, num_steps=500, rounds=16, critic_steps=512, actor_steps=32, td_lambda=0.0
     )
