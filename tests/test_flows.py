@@ -134,6 +134,12 @@ def test_cfm_loss_weightings_and_reductions() -> None:
     x_tau = flows.interpolate(action, noise, tau)
     eps_hat = x_tau - tau.unsqueeze(-1) * v
     assert torch.allclose(eps_mean, (noise - eps_hat).square().sum(-1) / a_dim, atol=1e-6)
+    # chunk_sum: the mean over each step's Da = 2 dims, summed over the Ta = 2 steps
+    chunk_sum = flows.cfm_loss(v, action, noise, tau, "velocity", "chunk_sum", chunk=2)
+    per_step = (v - (action - noise)).square().view(3, 5, 2, 2).mean(-1).sum(-1)
+    assert torch.allclose(chunk_sum, per_step) and torch.allclose(chunk_sum, squared_sum / 2)
+    with pytest.raises(ValueError, match="do not split"):
+        flows.cfm_loss(v, action, noise, tau, "velocity", "chunk_sum", chunk=3)
     with pytest.raises(ValueError):
         flows.cfm_loss(v, action, noise, tau, "bogus", "mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError):

@@ -244,6 +244,65 @@ def test_ema_copies_then_lags_once_per_iteration() -> None:
         assert torch.equal(algo.ema_policy.obs_norm.var, algo.policy.obs_norm.var)
 
 
+def test_critic_learning_rate_is_its_own_group_with_its_own_clip() -> None:
+    algo = _make("per_action", critic_learning_rate=1e-3, max_grad_norm=0.5, anneal_lr=True)
+    actor_group, critic_group = algo.optimizer.param_groups
+    assert [p for p in actor_group["params"]] == list(algo.policy.parameters())
+    assert [p for p in critic_group["params"]] == list(algo.critic.parameters())
+    clipped = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, limit):
+        parameters = list(parameters)
+        norm = original(parameters, limit)
+        clipped.append(
+            (len(parameters), torch.sqrt(sum(p.grad.square().sum() for p in parameters)))
+        )
+        return norm
+
+    torch.nn.utils.clip_grad_norm_ = spy
+    try:
+        batch = _rollout(algo)
+        batch.progress = 0.5
+        algo.update(batch)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = original
+    # both groups annealed from their own rate
+    assert (actor_group["lr"], critic_group["lr"]) == pytest.approx((0.5e-2, 0.5e-3))
+    # every step clips the actor and the critic each to 0.5 on its own
+    sizes = {len(list(algo.policy.parameters())), len(list(algo.critic.parameters()))}
+    assert {n for n, _ in clipped} == sizes and len(clipped) == 2 * 6
+    assert all(float(norm) <= 0.5 + 1e-5 for _, norm in clipped)
+
+
+def test_one_learning_rate_is_one_group_clipped_together() -> None:
+    algo = _make("per_action")
+    (group,) = algo.optimizer.param_groups
+    assert len(group["params"]) == len(list(algo.policy.parameters())) + len(
+        list(algo.critic.parameters())
+    )
+
+
+def test_advantages_standardised_over_the_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    for over in ("minibatch", "rollout"):
+        algo = _make("per_action", norm_adv_over=over, update_epochs=1)
+        original = algo.policy_loss
+
+        def policy_loss(*args, original=original, over=over):
+            seen.append((over, args[-1].detach().clone()))
+            return original(*args)
+
+        monkeypatch.setattr(algo, "policy_loss", policy_loss)
+        algo.update(_rollout(algo))
+    by_scope = {o: torch.cat([a for s, a in seen if s == o]) for o in ("minibatch", "rollout")}
+    per_minibatch = [a for s, a in seen if s == "minibatch"]
+    assert all(abs(float(a.mean())) < 1e-5 for a in per_minibatch)  # each minibatch at 0
+    # over the rollout: the whole batch has mean 0 and std 1, the minibatches need not
+    assert abs(float(by_scope["rollout"].mean())) < 1e-5
+    assert float(by_scope["rollout"].std()) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_no_ema_evaluates_the_trained_policy() -> None:
     algo = FPO(OBS_DIM, LOW, HIGH, FPOConfig(**TINY))
     assert algo.ema_policy is None and algo.eval_policy is algo.policy

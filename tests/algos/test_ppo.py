@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flowpolicy.algos.ppo import PPO, PPOConfig
+from flowpolicy.algos.ppo import PPO, PPOConfig, ppo_fpo_paper
 from flowpolicy.buffers import RolloutBatch, RolloutBuffer
 from tests.algos.rollouts import random_rollout
 
@@ -174,3 +174,25 @@ def test_config_derived_sizes() -> None:
     assert cfg.batch_size == cfg.num_envs * cfg.num_steps == 2048
     assert cfg.minibatch_size == 64
     assert cfg.chunk_exec == 1
+
+
+def test_fpo_paper_preset_builds_fpos_actor_with_tanh_actions() -> None:
+    config = ppo_fpo_paper(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1)
+    algo = PPO(OBS_DIM, LOW, HIGH, config)
+    linears = [m for m in algo.policy.mean_net if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears[:-1]] == [32, 32, 32, 32]
+    assert any(isinstance(m, torch.nn.SiLU) for m in algo.policy.mean_net)
+    assert any(isinstance(m, torch.nn.Tanh) for m in algo.critic.modules())
+    raw = torch.tensor([[3.0, -0.5]])
+    # tanh, not clip, then scaled to [low, high]: [-1, 1] and [0, 2]
+    expected = torch.stack([raw[0, 0].tanh(), 1.0 + (-0.5 * torch.ones(())).tanh()])
+    assert torch.allclose(algo.policy.env_action(raw)[0], expected)
+    out = algo.update(random_rollout(algo, OBS_DIM, 0))
+    assert set(out) == METRICS and all(math.isfinite(v) for v in out.values())
+
+
+def test_cleanrl_default_clips_actions() -> None:
+    algo = PPO(OBS_DIM, LOW, HIGH, _config())
+    assert torch.allclose(
+        algo.policy.env_action(torch.tensor([[3.0, -0.5]])), torch.tensor([[1.0, 0.5]])
+    )
