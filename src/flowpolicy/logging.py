@@ -1,4 +1,6 @@
-"""One logger for every run: metrics.jsonl, TensorBoard events, and a rich console line.
+"""One logger for every run: metrics.jsonl, TensorBoard events, and the console: a live progress
+bar (steps, steps/s, ETA, latest returns) on a terminal, one plain line per iteration otherwise
+(a log file, the benchmark harness's train.log).
 
 Metric names are namespaced: ``charts/`` (returns, speed), ``loss/``, ``policy/``,
 ``critic/``, ``eval/<mode>/`` (mode ``zero`` or ``random``). Every line of metrics.jsonl has
@@ -12,6 +14,8 @@ import math
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Column
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -50,6 +54,8 @@ class Logger:
         self.lines = len(self.path.read_text().splitlines()) if self.path.exists() else 0
         self.file = open(self.path, "a")  # noqa: SIM115 - lives as long as the logger
         self.console = Console(quiet=quiet, highlight=False)
+        self.bar: Progress | None = None
+        self.bar_task: TaskID | None = None
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -72,7 +78,35 @@ class Logger:
     def print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True)
 
+    def progress(self, step: int, total: int, steps_per_second: float, status: str) -> None:
+        """After an iteration: on a terminal, move the live bar (steps, steps/s, ETA, status);
+        otherwise print ``step N/TOTAL SPS/s STATUS`` as one plain line."""
+        if self.console.quiet:
+            return
+        if not self.console.is_terminal:
+            self.print(f"step {step:>9,}/{total:,} {steps_per_second:>6,.0f}/s {status}")
+            return
+        if self.bar is None:
+            # The numbers first and the bar short, so a narrow terminal cuts only the status.
+            self.bar = Progress(
+                TextColumn("step {task.completed:,}/{task.total:,}"),
+                TextColumn("{task.fields[sps]:,.0f} steps/s ETA"),
+                TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+                BarColumn(bar_width=12, table_column=Column(min_width=12)),
+                TextColumn(
+                    "{task.description}",
+                    table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+                ),
+                console=self.console,
+            )
+            self.bar.start()
+            self.bar_task = self.bar.add_task(status, total=total, completed=step, sps=0.0)
+        compact = " ".join(status.split())  # the plain lines' column padding, squeezed
+        self.bar.update(self.bar_task, completed=step, description=compact, sps=steps_per_second)
+
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
         self.file.close()
         if self.writer is not None:
             self.writer.close()

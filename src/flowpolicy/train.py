@@ -499,11 +499,13 @@ def train(
             finished = finished or target_reached()
             if finished or iteration % config.checkpoint_every == 0:
                 checkpoint()
-            logger.print(
-                f"step {global_step:>9,}/{config.total_steps:,} {metrics['charts/sps']:>6,.0f}/s "
+            logger.progress(
+                global_step,
+                config.total_steps,
+                metrics["charts/sps"],
                 f"return {last_return:8.2f} | eval zero "
                 f"{last_eval.get('eval/zero/return_mean', float('nan')):8.2f} random "
-                f"{last_eval.get('eval/random/return_mean', float('nan')):8.2f}"
+                f"{last_eval.get('eval/random/return_mean', float('nan')):8.2f}",
             )
     except NonFiniteLossError as error:
         # Resuming would replay the same numbers into the same stop: record it so that a
