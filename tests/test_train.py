@@ -22,7 +22,7 @@ from flowpolicy.train import TrainConfig, read_run_config, resume, train
 
 SMALL = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2)
 SMALL_FPO = SMALL | dict(flow_steps=4, mc_samples=2)
-TIMING = {"wall_time", "charts/sps"}
+TIMING = {"wall_time", "charts/sps", "charts/time_act", "charts/time_env", "charts/time_update"}
 
 
 def small_config(
@@ -64,6 +64,18 @@ def test_every_algorithm_trains_through_the_api(tmp_path, algo):
     assert read_run_config(run_dir) == small_config(tmp_path, algo, env="Hopper-v5", steps=128)
     train_rows = [row for row in metric_rows(run_dir) if "loss/policy" in row]
     assert train_rows and all(row["loss/policy"] is not None for row in train_rows)
+
+
+def test_iterations_record_where_their_time_goes(tmp_path):
+    run_dir = train(small_config(tmp_path, PPOConfig(**SMALL), steps=128)).run_dir
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [row for row in rows if "charts/sps" in row]
+    assert len(train_rows) == 2  # 128 steps of 4 envs x 16
+    for row in train_rows:
+        parts = [row[f"charts/time_{name}"] for name in ("act", "env", "update")]
+        assert all(part > 0 for part in parts)
+        # acting, stepping and updating fit inside the iteration the speed is measured over
+        assert sum(parts) <= 64 / row["charts/sps"]
 
 
 def test_tensorboard_events_are_written(tmp_path):

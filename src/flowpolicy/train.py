@@ -467,10 +467,14 @@ def train(
             iteration_start = time.perf_counter()
             progress = global_step / config.total_steps
             buffer.reset()
+            act_time = env_time = 0.0  # where an iteration's time goes (charts/time_*)
             for _ in range(cfg.num_steps):
+                tick = time.perf_counter()
                 obs = torch.as_tensor(obs_array, dtype=torch.float32)
                 action, record = algo.act(obs)
+                tock = time.perf_counter()
                 next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+                act_time, env_time = act_time + tock - tick, env_time + time.perf_counter() - tock
                 dones = terminated | truncated
                 real_next = true_next_obs(next_obs, dones, infos)
                 buffer.add(
@@ -484,10 +488,17 @@ def train(
                 stats.add(reward, dones, cfg.chunk_exec)
                 obs_array = next_obs
                 global_step += cfg.num_envs * cfg.chunk_exec
+            tick = time.perf_counter()
             metrics = algo.update(buffer.batch(progress))
+            update_time = time.perf_counter() - tick
             iteration += 1
             metrics |= stats.pop_metrics()
             metrics["charts/sps"] = steps_per_iteration / (time.perf_counter() - iteration_start)
+            metrics |= {
+                "charts/time_act": act_time,
+                "charts/time_env": env_time,
+                "charts/time_update": update_time,
+            }
             metrics["charts/iteration"] = iteration
             logger.log(global_step, wall_time(), metrics)
             last_return = metrics.get("charts/episode_return", last_return)
