@@ -24,6 +24,7 @@ from typing import Annotated
 
 import tyro
 from rich.console import Console
+from rich.markup import escape
 
 from flowpolicy.errors import UserError
 
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_plot(args)
         raise UserError(f"Unknown command {command!r}.\n{USAGE}")
     except UserError as error:
-        stderr.print(f"[bold red]error:[/] {error}")
+        stderr.print(f"[bold red]error:[/] {escape(str(error))}")
         return 2
     except KeyboardInterrupt:
         where = f" with `flowpolicy train --resume {run_dir}`" if run_dir else ""

@@ -1,6 +1,7 @@
 """One logger for every run: metrics.jsonl, TensorBoard events, and the console: a live progress
 bar (steps, steps/s, ETA, latest returns) on a terminal, one plain line per iteration otherwise
-(a log file, the benchmark harness's train.log).
+(a log file, the benchmark harness's train.log); optionally Weights & Biases with the same
+metrics as TensorBoard.
 
 Metric names are namespaced: ``charts/`` (returns, speed), ``loss/``, ``policy/``,
 ``critic/``, ``eval/<mode>/`` (mode ``zero`` or ``random``). Every line of metrics.jsonl has
@@ -11,13 +12,40 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Column
 
 METRICS_NAME = "metrics.jsonl"
+WANDB_ID_NAME = "wandb_run_id"
+WandbMode = Literal["online", "offline"]
+
+
+def start_wandb(run_dir: Path, project: str, mode: WandbMode, config: dict[str, Any]) -> Any:
+    """A W&B run for ``run_dir``: the same W&B run again when the run resumes (its id is kept
+    in ``run_dir/wandb_run_id``), files under ``run_dir/wandb``, env steps as the x-axis."""
+    import wandb  # optional: pip install 'flowpolicy[wandb]'
+
+    id_path = run_dir / WANDB_ID_NAME
+    run_id = id_path.read_text().strip() if id_path.is_file() else uuid.uuid4().hex[:12]
+    id_path.write_text(run_id + "\n")
+    run = wandb.init(
+        project=project,
+        id=run_id,
+        resume="allow",
+        name=run_dir.name,
+        dir=str(run_dir),
+        config=config,
+        mode=mode,
+    )
+    # A resumed run logs its steps after the checkpoint again: a custom x-axis accepts that.
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
 
 
 def _plain(value: object) -> object:
@@ -37,6 +65,7 @@ class Logger:
         resume_step: env step of the checkpoint; TensorBoard events after it are purged.
         tensorboard: also write TensorBoard events under ``run_dir/tb``.
         quiet: no console output.
+        wandb_run: a run from :func:`start_wandb` that gets the same scalars, or None.
     """
 
     def __init__(
@@ -46,6 +75,7 @@ class Logger:
         resume_step: int | None = None,
         tensorboard: bool = True,
         quiet: bool = False,
+        wandb_run: Any = None,
     ) -> None:
         self.path = run_dir / METRICS_NAME
         if keep_lines is not None and self.path.exists():
@@ -56,6 +86,7 @@ class Logger:
         self.console = Console(quiet=quiet, highlight=False)
         self.bar: Progress | None = None
         self.bar_task: TaskID | None = None
+        self.wandb_run = wandb_run
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -70,10 +101,16 @@ class Logger:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         self.lines += 1
+        scalars = {
+            name: value
+            for name, value in metrics.items()
+            if isinstance(value, int | float) and math.isfinite(value)
+        }
         if self.writer is not None:
-            for name, value in metrics.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.writer.add_scalar(name, value, step)
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log({"step": step} | scalars)
 
     def print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True)
@@ -110,3 +147,5 @@ class Logger:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

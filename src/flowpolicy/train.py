@@ -46,7 +46,7 @@ from flowpolicy.envs import env_dims, make_vector_env
 from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
-from flowpolicy.logging import Logger
+from flowpolicy.logging import Logger, WandbMode, start_wandb
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
 from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, load_policy_from, save_policy
 
@@ -107,6 +107,12 @@ class TrainConfig:
     stop_at_return: float | None = None
     """end the run early at the first evaluation whose zero-sampling mean return reaches this
     (e.g. to stop an expert at a "medium" level); None trains for total_steps."""
+    wandb_project: str | None = None
+    """also log every metric to this Weights & Biases project (needs `pip install
+    'flowpolicy[wandb]'`); the W&B files go to RUN_DIR/wandb and a resumed run continues the
+    same W&B run."""
+    wandb_mode: WandbMode = "online"
+    """online, or offline (no network; upload later with `wandb sync RUN_DIR/wandb`)."""
     preset: Annotated[str | None, tyro.conf.Suppress] = None
     """the preset the algorithm config started from (``--preset``; flowpolicy.algos.presets);
     config.json records it with the values that options replaced. None: not from a preset."""
@@ -191,6 +197,18 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def require_wandb() -> None:
+    """UserError with the install command when --wandb-project is given without wandb."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise UserError(
+            "--wandb-project needs the wandb package, which is not installed. Install it with "
+            "`pip install 'flowpolicy[wandb]'` (or `pip install wandb`), or leave out "
+            "--wandb-project; TensorBoard events are written either way."
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -369,6 +387,8 @@ def train(
         )
     if resume:
         refuse_resume_if_stopped(run_dir)
+    if config.wandb_project is not None:
+        require_wandb()
     torch.set_num_threads(config.torch_threads)
     init_policy = load_init_policy(config, run_dir, resume)
     config = with_policy_settings(config, init_policy)
@@ -403,7 +423,12 @@ def train(
         if init_policy is not None:
             save_policy(run_dir / INIT_POLICY_NAME, init_policy, {"source": str(config.init)})
 
-    logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet)
+    wandb_run = None
+    if config.wandb_project is not None:
+        wandb_run = start_wandb(
+            run_dir, config.wandb_project, config.wandb_mode, config_to_dict(config)
+        )
+    logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet, wandb_run)
     start = time.perf_counter()
 
     def wall_time() -> float:
