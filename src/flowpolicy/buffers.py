@@ -44,13 +44,16 @@ class RolloutBatch:
 class RolloutBuffer:
     """Preallocated (T, N, ...) storage filled step by step, read as a :class:`RolloutBatch`."""
 
-    def __init__(self, num_steps: int, num_envs: int, obs_dim: int) -> None:
+    def __init__(
+        self, num_steps: int, num_envs: int, obs_dim: int, device: torch.device | str = "cpu"
+    ) -> None:
         self.num_steps = num_steps
-        self.obs = torch.zeros(num_steps, num_envs, obs_dim)
-        self.next_obs = torch.zeros(num_steps, num_envs, obs_dim)
-        self.rewards = torch.zeros(num_steps, num_envs)
-        self.terminated = torch.zeros(num_steps, num_envs)
-        self.dones = torch.zeros(num_steps, num_envs)
+        self.device = torch.device(device)
+        self.obs = torch.zeros(num_steps, num_envs, obs_dim, device=device)
+        self.next_obs = torch.zeros(num_steps, num_envs, obs_dim, device=device)
+        self.rewards = torch.zeros(num_steps, num_envs, device=device)
+        self.terminated = torch.zeros(num_steps, num_envs, device=device)
+        self.dones = torch.zeros(num_steps, num_envs, device=device)
         self.records: dict[str, Tensor] = {}
         self.step = 0
 
@@ -69,7 +72,9 @@ class RolloutBuffer:
             raise RuntimeError("rollout buffer is full; call batch() and reset()")
         for name, value in record.items():
             if name not in self.records:
-                self.records[name] = torch.zeros(self.num_steps, *value.shape, dtype=value.dtype)
+                self.records[name] = torch.zeros(
+                    self.num_steps, *value.shape, dtype=value.dtype, device=self.device
+                )
             self.records[name][t] = value
         self.obs[t], self.next_obs[t], self.rewards[t] = obs, next_obs, reward
         self.terminated[t], self.dones[t] = terminated, done

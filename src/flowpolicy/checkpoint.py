@@ -26,8 +26,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a clear UserError if it can't be."""
+def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, its tensors on ``map_location``
+    (any device, whatever device wrote it); a clear UserError if it can't be read."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -35,7 +36,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "initial evaluation; point at a run directory made by `flowpolicy train`."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # torch raises many types for a damaged file
         raise UserError(
             f"Could not read the checkpoint {path} ({type(error).__name__}: {error}). The file "

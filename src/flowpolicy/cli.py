@@ -2,7 +2,7 @@
 
     flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt, reinflow, dppo, qam;
                                                       --help lists options, presets and their sources)
-    flowpolicy train --resume RUN_DIR                 continue a killed run from its checkpoint
+    flowpolicy train --resume RUN_DIR [--device D]    continue a killed run from its checkpoint
     flowpolicy eval PATH [--episodes N]               evaluate a train run, a pretrain run or a
                                                       policy file in zero and random sampling
     flowpolicy collect --env ENV --out DIR [options]  train a medium expert and record a dataset
@@ -87,9 +87,23 @@ class EvalArgs:
     it records, else 10000)."""
     env: str | None = None
     """env id; default: the run's env (a policy file: the env it records, if any)."""
+    device: str = "auto"
+    """where the policy acts: auto (CUDA when available), cpu, cuda or cuda:N; a policy trained
+    on any device evaluates on any other."""
+
+
+def parse_resume(args: list[str]) -> tuple[str, str | None]:
+    """``--resume RUN_DIR [--device D]`` -> (RUN_DIR, D or None: the run's own device)."""
+    usage = "usage: flowpolicy train --resume RUN_DIR [--device auto|cpu|cuda|cuda:N]"
+    if len(args) == 2:
+        return args[1], None
+    if len(args) == 4 and args[2] == "--device":
+        return args[1], args[3]
+    raise UserError(usage)
 
 
 def run_eval(args: list[str]) -> int:
+    from flowpolicy.device import resolve_device
     from flowpolicy.evaluation import EVAL_SEED_OFFSET, MODES, evaluate
     from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, read_policy_file
     from flowpolicy.train import load_algorithm
@@ -98,8 +112,9 @@ def run_eval(args: list[str]) -> int:
     if options.episodes <= 0:
         raise UserError(f"--episodes must be positive, got {options.episodes}.")
     path = Path(options.path)
+    device = resolve_device(options.device)
     if is_train_run_dir(path):
-        config, algo, checkpoint = load_algorithm(path)
+        config, algo, checkpoint = load_algorithm(path, device)
         policy, env, seed = algo.eval_policy, config.env, config.seed + EVAL_SEED_OFFSET
         chunk_exec = config.algo.chunk_exec
         what = f"{config.algo_name}, checkpoint at step {checkpoint['loop']['global_step']:,}"
@@ -108,7 +123,7 @@ def run_eval(args: list[str]) -> int:
         # chunking and evaluation seed. Files written before the seed was recorded fall back
         # to the pretrain run's config.json, or to seed 0's evaluation seed.
         policy_file = read_policy_file(path / POLICY_NAME if path.is_dir() else path)
-        policy, metadata = policy_file.policy, policy_file.metadata
+        policy, metadata = policy_file.policy.to(device), policy_file.metadata
         env, chunk_exec = metadata.get("env_id"), policy.chunk_exec
         fallback = EVAL_SEED_OFFSET + (pretrain_seed(path) if path.is_dir() else 0)
         seed = int(metadata.get("eval_seed", fallback))
@@ -235,10 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             from flowpolicy.train import default_run_dir, resume, train
 
             if args and args[0] == "--resume":
-                if len(args) != 2:
-                    raise UserError("usage: flowpolicy train --resume RUN_DIR")
-                run_dir = args[1]
-                result = resume(run_dir)
+                run_dir, device = parse_resume(args)
+                result = resume(run_dir, device=device)
             else:
                 config = parse_train(args)
                 if config.run_dir is None:

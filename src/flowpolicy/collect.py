@@ -39,6 +39,7 @@ from rich.console import Console
 from flowpolicy.algos.ppo import PPOConfig
 from flowpolicy.checkpoint import CHECKPOINT_NAME
 from flowpolicy.data import Dataset, save_dataset
+from flowpolicy.device import resolve_device
 from flowpolicy.envs import EnvSpec, env_dims, make_env
 from flowpolicy.errors import UserError
 from flowpolicy.evaluation import MODES
@@ -98,6 +99,8 @@ class CollectConfig:
     """episodes per expert evaluation (zero and random sampling each)."""
     expert: PPOConfig = field(default_factory=PPOConfig)
     """hyper-parameters of the Gaussian PPO expert."""
+    device: str = "auto"
+    """where the expert trains and acts: auto (CUDA when available), cpu, cuda or cuda:N."""
     quiet: bool = False
     """no console output."""
 
@@ -356,11 +359,12 @@ def expert_train_config(config: CollectConfig, target: float) -> TrainConfig:
         eval_episodes=config.expert_eval_episodes,
         quiet=config.quiet,
         stop_at_return=target,
+        device=config.device,
     )
 
 
 # Fields that don't change a run's numbers: an existing expert may differ in them.
-_COSMETIC = ("run_dir", "quiet", "tensorboard")
+_COSMETIC = ("run_dir", "quiet", "tensorboard", "device")
 
 
 def train_expert(
@@ -459,6 +463,7 @@ def collect(
             "existing policy: pass only one of them."
         )
 
+    device = resolve_device(config.device)  # a bad --device fails before anything is written
     expert: dict[str, Any] | None = None
     if config.policy is None:
         target = resolve_target(config)
@@ -477,7 +482,7 @@ def collect(
         policy_path = config.expert_dir
     else:
         policy_path = Path(config.policy)
-    policy = load_any_policy(policy_path)
+    policy = load_any_policy(policy_path).to(device)
 
     console.print(
         f"[bold]collect[/] recording {config.transitions:,} transitions of {policy_path} "

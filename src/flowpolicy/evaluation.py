@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowpolicy.envs import EnvSpec, make_vector_env
+from flowpolicy.device import forked_rng_devices, module_device
+from flowpolicy.envs import EnvSpec
+from flowpolicy.envs.tensor_env import make_tensor_env
 
 ActFn = Callable[[Tensor, str], Tensor]
 MODES = ("zero", "random")
@@ -41,19 +43,22 @@ def evaluate(
     num_envs = min(episodes, max_parallel)
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
-    envs = make_vector_env(env, num_envs, seed=seed, chunk_exec=chunk_exec)
+    device = module_device(policy)
+    envs = make_tensor_env(env, num_envs, seed=seed, chunk_exec=chunk_exec, device=device)
     returns: list[float] = []
     running = np.zeros(num_envs)
     done_count = np.zeros(num_envs, dtype=np.int64)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=forked_rng_devices(device)):
             torch.manual_seed(seed)
-            obs, _ = envs.reset(seed=seed)
+            obs = envs.reset(seed=seed)
             while (done_count < quota).any():
-                action = policy.act(torch.as_tensor(obs, dtype=torch.float32), mode)
-                obs, reward, terminated, truncated, _ = envs.step(action.numpy())
-                running += reward
-                for i in np.flatnonzero(terminated | truncated):
+                step = envs.step(policy.act(obs, mode))
+                obs = step.obs
+                # Episode ends are read on the host: evaluation runs few envs and needs the
+                # exact count of finished episodes.
+                running += step.reward.double().cpu().numpy()
+                for i in np.flatnonzero(step.done.cpu().numpy()):
                     if done_count[i] < quota[i]:
                         returns.append(float(running[i]))
                         done_count[i] += 1

@@ -88,7 +88,7 @@ class RunningNorm(_DefaultedBuffers):
         self.register_buffer("frozen", torch.tensor(False))
 
     def _buffer_defaults(self) -> dict[str, Tensor]:
-        return {"frozen": torch.tensor(False)}
+        return {"frozen": torch.tensor(False, device=self.mean.device)}
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:

@@ -41,6 +41,13 @@ from flowpolicy.checkpoint import (
     save_json,
 )
 from flowpolicy.data import Dataset, DatasetFormat, load_dataset
+from flowpolicy.device import (
+    forked_rng_devices,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from flowpolicy.envs import env_dims, make_env
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
@@ -54,7 +61,6 @@ from flowpolicy.policies import (
     ObsNormalization,
 )
 from flowpolicy.policy_io import POLICY_NAME, save_policy
-from flowpolicy.train import rng_state, seed_everything, set_rng_state
 
 PolicyKind = Literal["flow", "diffusion", "gaussian"]
 VALIDATION_SEED_OFFSET = 20_000
@@ -123,6 +129,9 @@ class PretrainConfig:
     """run directory; default runs/pretrain-<policy>-<dataset>-s<seed>-<time>."""
     torch_threads: int = 1
     """torch CPU threads."""
+    device: str = "auto"
+    """where the policy trains and the dataset lives: auto (CUDA when available), cpu, cuda
+    or cuda:N."""
     tensorboard: bool = True
     """write TensorBoard events."""
     quiet: bool = False
@@ -355,6 +364,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         config = dataclasses.replace(
             config, dataset=str(Path(config.dataset).expanduser().absolute())
         )
+    device = resolve_device(config.device)
     torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed)
     dataset = load_dataset(config.dataset, config.dataset_format, config.obs_keys)
@@ -374,13 +384,18 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         val_obs, val_actions = chunk_tensors(policy, dataset.subset(val_ids), config.chunk)
         keep = np.random.default_rng(config.seed).permutation(len(val_obs))
         keep = torch.as_tensor(np.sort(keep[: config.validation_size]))
-        validation = (val_obs[keep], val_actions[keep])
-    bc = BC(policy, config.bc, config.gradient_steps)
+        validation = (val_obs[keep].to(device), val_actions[keep].to(device))
+    # Normalisers are fitted and chunks cut on the CPU; the policy and the training data then
+    # move to the run's device once, so a gradient step never copies.
+    policy.to(device)
+    train_obs, train_actions = train_obs.to(device), train_actions.to(device)
+    with device:
+        bc = BC(policy, config.bc, config.gradient_steps)
     step, wall_offset, means, last_eval = 0, 0.0, _Mean(), {}
     keep_lines = resume_step = None
 
     if resume:
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
         bc.load_state_dict(checkpoint["bc"])
         loop = checkpoint["loop"]
         step, wall_offset, last_eval = loop["step"], loop["wall_time"], loop["last_eval"]
@@ -433,7 +448,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         if validation is None:
             return {}
         # The same draws of (tau or k, eps) every time, without touching the training RNG.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=forked_rng_devices(device)):
             torch.manual_seed(config.seed + VALIDATION_SEED_OFFSET)
             return {"loss/bc_val": bc.loss(*validation)}
 
@@ -468,7 +483,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     interval_start = time.perf_counter()
     try:
         while step < config.gradient_steps:
-            batch = torch.randint(0, len(train_obs), (config.bc.batch_size,))
+            # Drawn from the CPU generator on every device: the same minibatches everywhere.
+            batch = torch.randint(0, len(train_obs), (config.bc.batch_size,)).to(device)
             means.add(bc.update(train_obs[batch], train_actions[batch]))
             step += 1
             finished = step >= config.gradient_steps

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 import tyro
-from torch import nn
+from torch import Tensor, nn
 
 from flowpolicy.algos.dppo import DPPO, DPPOConfig
 from flowpolicy.algos.fpo import FPO, FPOConfig
@@ -42,8 +41,13 @@ from flowpolicy.checkpoint import (
     save_checkpoint,
     save_json,
 )
-from flowpolicy.envs import env_dims, make_vector_env
-from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
+from flowpolicy.device import (
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from flowpolicy.envs.tensor_env import TensorVectorEnv, make_tensor_env
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
 from flowpolicy.logging import Logger, WandbMode, start_wandb
@@ -95,6 +99,9 @@ class TrainConfig:
     """iterations between checkpoints (and one at the end)."""
     torch_threads: int = 1
     """torch CPU threads; 1 is fastest for these small networks and lets runs share cores."""
+    device: str = "auto"
+    """where networks, optimisers, buffers and updates live: auto (CUDA when available), cpu,
+    cuda or cuda:N. CPU simulators step on the CPU either way (one copy per step)."""
     tensorboard: bool = True
     """write TensorBoard events."""
     quiet: bool = False
@@ -211,26 +218,6 @@ def require_wandb() -> None:
         )
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
 def default_run_dir(config: TrainConfig) -> Path:
     env = config.env.replace("/", "-").replace(":", "-")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -238,18 +225,30 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def build_algorithm(
-    config: TrainConfig, envs: gym.vector.VectorEnv, policy: nn.Module | None = None
+    config: TrainConfig,
+    envs: TensorVectorEnv,
+    policy: nn.Module | None = None,
+    device: torch.device | str = "cpu",
 ) -> Algorithm:
-    """Instantiate the algorithm for the envs' observation and (per-step) action spaces,
-    starting from ``policy`` when fine-tuning."""
-    obs_dim, flat_action_dim = env_dims(envs)
-    action_dim = flat_action_dim // config.algo.chunk_exec
-    space = envs.single_action_space
-    low = torch.as_tensor(space.low[:action_dim], dtype=torch.float32)
-    high = torch.as_tensor(space.high[:action_dim], dtype=torch.float32)
+    """Instantiate the algorithm on ``device`` for the envs' observation and (per-step) action
+    spaces, starting from ``policy`` when fine-tuning.
+
+    The algorithm is built inside ``torch.device(device)``, so every network, buffer and
+    optimiser state it makes lands on the run's device without each file saying so.
+    """
+    action_dim = envs.action_dim // config.algo.chunk_exec
+    low, high = envs.action_low[:action_dim], envs.action_high[:action_dim]
     if policy is not None:
-        check_policy_fits_env(policy, obs_dim, low, high, config)
-    return ALGORITHMS[type(config.algo)][1](obs_dim, low, high, config.algo, policy=policy)
+        check_policy_fits_env(policy, envs.obs_dim, low, high, config)
+    device = torch.device(device)
+    with device:
+        return ALGORITHMS[type(config.algo)][1](
+            envs.obs_dim,
+            low.to(device),
+            high.to(device),
+            config.algo,
+            policy=None if policy is None else policy.to(device),
+        )
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -309,7 +308,10 @@ def check_policy_fits_env(
         problems.append(f"observation size {policy.obs_dim} vs the env's {obs_dim}")
     if policy.action_dim != len(low):
         problems.append(f"action size {policy.action_dim} vs the env's {len(low)}")
-    elif not (torch.allclose(policy.action_low, low) and torch.allclose(policy.action_high, high)):
+    elif not (
+        torch.allclose(policy.action_low.cpu(), low.cpu())
+        and torch.allclose(policy.action_high.cpu(), high.cpu())
+    ):
         problems.append("different action bounds")
     if problems:
         raise UserError(
@@ -319,44 +321,44 @@ def check_policy_fits_env(
 
 
 class EpisodeStats:
-    """Raw (unscaled) returns and lengths of the episodes that end during rollouts."""
+    """Raw (unscaled) returns and lengths of the episodes that end during rollouts, kept as
+    tensors on the env's device: the loop reads them once per iteration, not once per step.
 
-    def __init__(self, num_envs: int) -> None:
-        self.returns = np.zeros(num_envs)
-        self.lengths = np.zeros(num_envs, dtype=np.int64)
-        self.finished_returns: list[float] = []
-        self.finished_lengths: list[int] = []
+    returns, lengths: (N,) of the running episodes; the finished ones are summed.
+    """
 
-    def add(self, rewards: np.ndarray, dones: np.ndarray, steps: int) -> None:
+    def __init__(self, num_envs: int, device: torch.device) -> None:
+        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.lengths = torch.zeros(num_envs, dtype=torch.int64, device=device)
+        self._zero_sums()
+
+    def _zero_sums(self) -> None:
+        self.finished = torch.zeros((), dtype=torch.int64, device=self.returns.device)
+        self.return_sum = torch.zeros((), dtype=torch.float64, device=self.returns.device)
+        self.length_sum = torch.zeros((), dtype=torch.int64, device=self.returns.device)
+
+    def add(self, rewards: Tensor, dones: Tensor, steps: int) -> None:
+        """rewards (N,) and dones (N,) bool of one step that executed ``steps`` actions."""
         self.returns += rewards
         self.lengths += steps
-        for i in np.flatnonzero(dones):
-            self.finished_returns.append(float(self.returns[i]))
-            self.finished_lengths.append(int(self.lengths[i]))
-            self.returns[i], self.lengths[i] = 0.0, 0
+        self.finished += dones.sum()
+        self.return_sum += (self.returns * dones).sum()
+        self.length_sum += (self.lengths * dones).sum()
+        self.returns.masked_fill_(dones, 0.0)
+        self.lengths.masked_fill_(dones, 0)
 
     def pop_metrics(self) -> dict[str, float]:
         """Mean over episodes finished since the last call (empty if none finished)."""
-        if not self.finished_returns:
-            return {}
-        metrics = {
-            "charts/episode_return": float(np.mean(self.finished_returns)),
-            "charts/episode_length": float(np.mean(self.finished_lengths)),
-            "charts/episodes": float(len(self.finished_returns)),
-        }
-        self.finished_returns, self.finished_lengths = [], []
+        count = int(self.finished)
+        metrics = {}
+        if count:
+            metrics = {
+                "charts/episode_return": float(self.return_sum) / count,
+                "charts/episode_length": float(self.length_sum) / count,
+                "charts/episodes": float(count),
+            }
+        self._zero_sums()
         return metrics
-
-
-def true_next_obs(next_obs: np.ndarray, dones: np.ndarray, infos: dict) -> np.ndarray:
-    """Under SAME_STEP autoreset, a finished sub-env returns the next episode's first obs;
-    its real final observation is in ``infos["final_obs"]``. GAE needs the real one."""
-    result = next_obs.copy()
-    if dones.any():
-        final_mask = infos.get("_final_obs", dones)
-        for i in np.flatnonzero(final_mask):
-            result[i] = infos["final_obs"][i]
-    return result
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -389,22 +391,27 @@ def train(
         refuse_resume_if_stopped(run_dir)
     if config.wandb_project is not None:
         require_wandb()
+    device = resolve_device(config.device)
     torch.set_num_threads(config.torch_threads)
     init_policy = load_init_policy(config, run_dir, resume)
     config = with_policy_settings(config, init_policy)
     seed_everything(config.seed)
     env_spec = env_factory if env_factory is not None else config.env
     cfg = config.algo
-    envs = make_vector_env(env_spec, cfg.num_envs, seed=config.seed, chunk_exec=cfg.chunk_exec)
-    algo = build_algorithm(config, envs, init_policy)
-    obs_array, _ = envs.reset(seed=config.seed)
+    envs = make_tensor_env(
+        env_spec, cfg.num_envs, seed=config.seed, chunk_exec=cfg.chunk_exec, device=device
+    )
+    algo = build_algorithm(config, envs, init_policy, device)
+    obs = envs.reset(seed=config.seed)  # (N, Do) on the device
     steps_per_iteration = cfg.num_envs * cfg.num_steps * cfg.chunk_exec
-    stats = EpisodeStats(cfg.num_envs)
+    stats = EpisodeStats(cfg.num_envs, device)
     global_step, iteration, wall_offset = 0, 0, 0.0
     keep_lines = resume_step = None
 
     if resume:
-        checkpoint_state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        # Loaded straight onto this run's device: a run checkpointed on a GPU resumes on a CPU
+        # and the other way round.
+        checkpoint_state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
         algo.load_state_dict(checkpoint_state["algo"])
         loop = checkpoint_state["loop"]
         global_step, iteration, wall_offset = (
@@ -412,9 +419,11 @@ def train(
             loop["iteration"],
             loop["wall_time"],
         )
-        obs_array = loop["obs"]
-        stats.returns, stats.lengths = loop["episode_returns"], loop["episode_lengths"]
-        set_vector_env_state(envs, loop["env_state"])
+        # Checkpoints before the tensor env boundary hold numpy arrays here.
+        obs = torch.as_tensor(loop["obs"], dtype=torch.float32, device=device)
+        stats.returns = torch.as_tensor(loop["episode_returns"], device=device).double()
+        stats.lengths = torch.as_tensor(loop["episode_lengths"], device=device).long()
+        envs.load_state(loop["env_state"])
         set_rng_state(loop["rng"])
         keep_lines, resume_step = loop["metrics_lines"], global_step
     else:
@@ -453,10 +462,10 @@ def train(
             "global_step": global_step,
             "iteration": iteration,
             "wall_time": wall_time(),
-            "obs": obs_array,
-            "episode_returns": stats.returns.copy(),
-            "episode_lengths": stats.lengths.copy(),
-            "env_state": get_vector_env_state(envs),
+            "obs": obs,
+            "episode_returns": stats.returns.clone(),
+            "episode_lengths": stats.lengths.clone(),
+            "env_state": envs.state(),
             "rng": rng_state(),
             "metrics_lines": logger.lines,
             "last_eval": last_eval,
@@ -468,7 +477,9 @@ def train(
         checkpoint_step = global_step
 
     if not resume:
-        logger.print(f"[bold]flowpolicy[/] {config.algo_name} on {config.env} -> {run_dir}")
+        logger.print(
+            f"[bold]flowpolicy[/] {config.algo_name} on {config.env} ({device}) -> {run_dir}"
+        )
         last_eval = evaluate()
         checkpoint()
     else:
@@ -480,12 +491,12 @@ def train(
         (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
     )
 
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape[0])
+    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.obs_dim, device)
     last_return = float("nan")
 
     def target_reached() -> bool:
         target = config.stop_at_return
-        return target is not None and last_eval.get("eval/zero/return_mean", -np.inf) >= target
+        return target is not None and last_eval.get("eval/zero/return_mean", -math.inf) >= target
 
     try:
         while global_step < config.total_steps and not target_reached():
@@ -495,23 +506,20 @@ def train(
             act_time = env_time = 0.0  # where an iteration's time goes (charts/time_*)
             for _ in range(cfg.num_steps):
                 tick = time.perf_counter()
-                obs = torch.as_tensor(obs_array, dtype=torch.float32)
                 action, record = algo.act(obs)
                 tock = time.perf_counter()
-                next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+                step = envs.step(action)
                 act_time, env_time = act_time + tock - tick, env_time + time.perf_counter() - tock
-                dones = terminated | truncated
-                real_next = true_next_obs(next_obs, dones, infos)
                 buffer.add(
                     obs,
                     record,
-                    torch.as_tensor(reward, dtype=torch.float32),
-                    torch.as_tensor(real_next, dtype=torch.float32),
-                    torch.as_tensor(terminated, dtype=torch.float32),
-                    torch.as_tensor(dones, dtype=torch.float32),
+                    step.reward,
+                    step.final_obs,
+                    step.terminated.float(),
+                    step.done.float(),
                 )
-                stats.add(reward, dones, cfg.chunk_exec)
-                obs_array = next_obs
+                stats.add(step.reward, step.done, cfg.chunk_exec)
+                obs = step.obs
                 global_step += cfg.num_envs * cfg.chunk_exec
             tick = time.perf_counter()
             metrics = algo.update(buffer.batch(progress))
@@ -558,27 +566,41 @@ def train(
     return TrainResult(run_dir, final)
 
 
-def load_algorithm(run_dir: str | Path) -> tuple[TrainConfig, Algorithm, dict[str, Any]]:
-    """Rebuild a run's algorithm from its last checkpoint: (config, algorithm, checkpoint)."""
+def load_algorithm(
+    run_dir: str | Path, device: torch.device | str = "cpu"
+) -> tuple[TrainConfig, Algorithm, dict[str, Any]]:
+    """Rebuild a run's algorithm from its last checkpoint on ``device`` (whatever device it
+    trained on): (config, algorithm, checkpoint)."""
+    device = torch.device(device)
     config = read_run_config(run_dir)
-    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, map_location=device)
     init_policy = load_init_policy(config, Path(run_dir), resume=True)
-    envs = make_vector_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
+    envs = make_tensor_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
     try:
-        algo = build_algorithm(config, envs, init_policy)
+        algo = build_algorithm(config, envs, init_policy, device)
     finally:
         envs.close()
     algo.load_state_dict(checkpoint["algo"])
     return config, algo, checkpoint
 
 
-def load_policy(run_dir: str | Path) -> torch.nn.Module:
-    """The policy a run evaluates (EMA weights where the algorithm keeps them), ready to
-    ``act(obs, mode)``."""
-    return load_algorithm(run_dir)[1].eval_policy
+def load_policy(run_dir: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The policy a run evaluates (EMA weights where the algorithm keeps them), on ``device``,
+    ready to ``act(obs, mode)``."""
+    return load_algorithm(run_dir, device)[1].eval_policy
 
 
-def resume(run_dir: str | Path, env_factory: Callable[[], gym.Env] | None = None) -> TrainResult:
-    """Continue the run in ``run_dir`` from its last checkpoint (same config, same numbers)."""
+def resume(
+    run_dir: str | Path,
+    env_factory: Callable[[], gym.Env] | None = None,
+    device: str | None = None,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (same config, same numbers on
+    the same machine). ``device`` moves it to another device (e.g. a GPU run continued on a
+    CPU); config.json then records the new one."""
     config = dataclasses.replace(read_run_config(run_dir), run_dir=str(run_dir))
+    if device is not None:
+        resolve_device(device)  # a bad device fails before anything is written
+        config = dataclasses.replace(config, device=device)
+        save_json(Path(run_dir) / "config.json", config_to_dict(config))
     return train(config, env_factory=env_factory, resume=True)

@@ -81,8 +81,8 @@ def _spy(algo: FPO, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict], list[t
         calls[-1]["metrics"] = metrics
         return loss, metrics
 
-    def minibatch_indices(batch_size: int, num_minibatches: int):
-        for idx in original_indices(batch_size, num_minibatches):
+    def minibatch_indices(batch_size: int, num_minibatches: int, device=None):
+        for idx in original_indices(batch_size, num_minibatches, device):
             indices.append(idx)
             yield idx
 

@@ -570,7 +570,7 @@ class DPPO:
     ) -> Tensor:
         """Log-probs under the trainable copy of the steps ``x_prev -> x_next`` at fine-tuned
         indices ``index``: obs (B, Do), x (B, A), index (B,) -> (B,)."""
-        out = torch.zeros(index.shape[0])
+        out = torch.zeros(index.shape[0], device=obs_normalised.device)
         for i in index.unique().tolist():
             rows = (index == i).nonzero().squeeze(1)
             step = self.policy.first_trainable_step + i
@@ -672,7 +672,9 @@ class DPPO:
         history: list[dict[str, float]] = []
         stopped = False
         for _ in range(cfg.update_epochs):
-            for pairs in onpolicy.minibatch_indices(cfg.num_pairs, cfg.num_minibatches):
+            for pairs in onpolicy.minibatch_indices(
+                cfg.num_pairs, cfg.num_minibatches, batch.obs.device
+            ):
                 history.append(self.minibatch_step(prepared, pairs, train_actor))
                 kl = history[-1]["policy/approx_kl"]
                 stopped = cfg.target_kl is not None and kl > cfg.target_kl

@@ -411,9 +411,14 @@ class FPO:
             action = action + cfg.action_noise_std * torch.randn_like(action)
         num_envs, action_size = action.shape
         tau = flows.sample_tau(
-            (num_envs, cfg.mc_samples), cfg.tau_sampling, cfg.flow_steps, cfg.tau_min, cfg.tau_max
+            (num_envs, cfg.mc_samples),
+            cfg.tau_sampling,
+            cfg.flow_steps,
+            cfg.tau_min,
+            cfg.tau_max,
+            device=action.device,
         )
-        noise = torch.randn(num_envs, cfg.mc_samples, action_size)
+        noise = torch.randn(num_envs, cfg.mc_samples, action_size, device=action.device)
         old_losses = self.cfm_losses(self.policy.obs_norm(obs), action, tau, noise)
         if cfg.cfm_loss_clamp is not None:
             old_losses = old_losses.clamp(max=cfg.cfm_loss_clamp)
@@ -502,7 +507,7 @@ class FPO:
             )
 
         out = onpolicy.run_epochs(
-            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
+            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step, batch.obs.device
         )
         self.policy.obs_norm.update(batch.obs)
         self._update_ema()

@@ -144,10 +144,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
         group["fused"] = value
 
 
-def segment_members(num_segments: int, num_members: int) -> Tensor:
+def segment_members(
+    num_segments: int, num_members: int, device: torch.device | None = None
+) -> Tensor:
     """Critic member of each segment of a round, ``segment % E``: disjoint trajectory subsets
     (the RLDT released code's ``traj`` split); (S,) int64."""
-    return torch.arange(num_segments) % num_members
+    return torch.arange(num_segments, device=device) % num_members
 
 
 @torch.no_grad()

@@ -89,9 +89,14 @@ def normalize_advantages(advantages: Tensor) -> Tensor:
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
-def minibatch_indices(batch_size: int, num_minibatches: int) -> Iterator[Tensor]:
-    """A fresh random permutation cut into ``num_minibatches`` equal index sets."""
-    permutation = torch.randperm(batch_size)
+def minibatch_indices(
+    batch_size: int, num_minibatches: int, device: torch.device | None = None
+) -> Iterator[Tensor]:
+    """A fresh random permutation cut into ``num_minibatches`` equal index sets, on ``device``.
+
+    The permutation is drawn from the CPU generator on every device (then copied once), so a
+    run's minibatches do not depend on where it trains."""
+    permutation = torch.randperm(batch_size).to(device)
     yield from permutation.view(num_minibatches, -1)
 
 
@@ -138,16 +143,20 @@ def run_epochs(
     batch_size: int,
     num_minibatches: int,
     minibatch_step: Callable[[Tensor], dict[str, Tensor | float]],
+    device: torch.device | None = None,
 ) -> dict[str, float]:
-    """Call ``minibatch_step(indices)`` for every minibatch of every epoch; average its metrics."""
-    sums: dict[str, float] = {}
+    """Call ``minibatch_step(indices)`` for every minibatch of every epoch; average its metrics.
+
+    Tensor metrics are summed on their device and read once at the end, so a GPU update does
+    not wait for the host after every minibatch."""
+    sums: dict[str, Tensor | float] = {}
     for _ in range(update_epochs):
-        for indices in minibatch_indices(batch_size, num_minibatches):
+        for indices in minibatch_indices(batch_size, num_minibatches, device):
             for name, value in minibatch_step(indices).items():
-                value = value.detach() if isinstance(value, Tensor) else value
-                sums[name] = sums.get(name, 0.0) + float(value)
+                value = value.detach().double() if isinstance(value, Tensor) else value
+                sums[name] = sums.get(name, 0.0) + value
     steps = update_epochs * num_minibatches
-    return {name: total / steps for name, total in sums.items()}
+    return {name: float(total) / steps for name, total in sums.items()}
 
 
 @dataclass

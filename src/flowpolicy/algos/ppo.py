@@ -212,7 +212,7 @@ class PPO:
             )
 
         out = onpolicy.run_epochs(
-            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
+            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step, batch.obs.device
         )
         self.policy.obs_norm.update(batch.obs)
         out["critic/explained_variance"] = onpolicy.explained_variance(

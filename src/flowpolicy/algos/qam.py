@@ -682,7 +682,7 @@ class QAM:
         """``steps`` critic steps on segments (S, T) of the replay (one-step segments: random
         transitions), bootstrapping with fresh actions of the fine-tuned policy at s'."""
         cfg = self.config
-        members = segment_members(len(data), cfg.critic_members)
+        members = segment_members(len(data), cfg.critic_members, data.obs.device)
         batch = CriticData.from_segments(
             data,
             self.policy.obs_norm,
@@ -832,5 +832,5 @@ def random_states(data: TrajectoryBatch, count: int) -> tuple[Tensor, Tensor]:
     """``count`` random (with replacement) raw observations (B, Do) and stored chunks (B, A)
     of a round's segments, for one actor step of the rounds schedule."""
     obs, actions = data.obs.flatten(0, 1), data.actions.flatten(0, 1)
-    index = torch.randint(obs.shape[0], (count,))
+    index = torch.randint(obs.shape[0], (count,), device=obs.device)
     return obs[index], actions[index]

@@ -457,7 +457,9 @@ class ReinFlow:
         chain is what is scored.
         """
         velocity, noise_std = self.step_functions(obs_normalised)
-        x0 = torch.randn(obs_normalised.shape[0], self.policy.flat_action_dim)
+        x0 = torch.randn(
+            obs_normalised.shape[0], self.policy.flat_action_dim, device=obs_normalised.device
+        )
         iterate_clip = ITERATE_BOUND if self.config.clamp == "iterate" else None
         chain = chains.gaussian_euler_chain(
             velocity, noise_std, x0, self.flow_steps, iterate_clip, self.config.noise_clip
@@ -487,7 +489,9 @@ class ReinFlow:
         entropy = chains.gaussian_entropy(stds).sum(dim=(0, -1))  # (B,)
         action_size = chain.shape[-1]
         if include_initial:
-            entropy = entropy + action_size * chains.gaussian_entropy(torch.ones(()))
+            entropy = entropy + action_size * chains.gaussian_entropy(
+                torch.ones((), device=chain.device)
+            )
         terms = (self.flow_steps + int(include_initial)) * action_size
         return total / terms, entropy / terms, stds
 
@@ -513,7 +517,9 @@ class ReinFlow:
         velocity = clamped_mean_velocity(
             lambda x, tau: policy.velocity(obs_normalised, x, tau), self.flow_steps
         )
-        x0 = torch.zeros(obs_normalised.shape[0], policy.flat_action_dim)
+        x0 = torch.zeros(
+            obs_normalised.shape[0], policy.flat_action_dim, device=obs_normalised.device
+        )
         return flows.euler_sample(velocity, x0, self.flow_steps)
 
     def bc_loss(self, obs_normalised: Tensor) -> Tensor:
@@ -605,7 +611,7 @@ class ReinFlow:
             )
 
         out = onpolicy.run_epochs(
-            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step
+            cfg.update_epochs, cfg.batch_size, cfg.num_minibatches, minibatch_step, batch.obs.device
         )
         self.policy.obs_norm.update(batch.obs)
         self.noise_net.set_upper(noise_upper_bound(batch.progress, cfg))

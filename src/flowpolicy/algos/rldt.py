@@ -387,7 +387,7 @@ def constraint_loss(
         obs_normalised: (B, Do), used by both fields. actions: (B, A) the particles' actions.
     """
     flow_steps = policy.flow_steps
-    tau = flows.sample_tau((actions.shape[0],), "grid", flow_steps)
+    tau = flows.sample_tau((actions.shape[0],), "grid", flow_steps, device=actions.device)
     x = flows.interpolate(actions.detach(), torch.randn_like(actions), tau)
     velocity = policy.velocity(obs_normalised, x, tau)
     with torch.no_grad():
@@ -519,8 +519,8 @@ class RLDT:
             return final + cfg.action_noise_std * torch.randn_like(final)
         flow_steps = self.policy.flow_steps
         batch = final.shape[0]
-        step = torch.randint(cfg.min_extrp_step, flow_steps, (batch,))
-        x_k = chain[step, torch.arange(batch)]
+        step = torch.randint(cfg.min_extrp_step, flow_steps, (batch,), device=final.device)
+        x_k = chain[step, torch.arange(batch, device=final.device)]
         tau = step.float() / flow_steps
         posterior = flows.expected_posterior(
             x_k, self.policy.velocity(obs_normalised, x_k, tau), tau
@@ -579,7 +579,7 @@ class RLDT:
         every step from the moving target critics. Member e trains on segments ``e, e + E, ..``.
         """
         cfg = self.config
-        members = segment_members(len(data), cfg.critic_members)
+        members = segment_members(len(data), cfg.critic_members, data.obs.device)
         batch = CriticData.from_segments(
             data, self.policy.obs_norm, data.actions, reward_scale, members
         )
@@ -725,7 +725,7 @@ def actor_states(data: TrajectoryBatch, step: int, num_particles: int) -> Tensor
     num_segments = len(data)
     offset = step % num_particles
     if offset >= num_segments:  # fewer segments than particles: one segment per step
-        chosen = torch.tensor([step % num_segments])
+        chosen = torch.tensor([step % num_segments], device=data.obs.device)
     else:
-        chosen = torch.arange(offset, num_segments, num_particles)
+        chosen = torch.arange(offset, num_segments, num_particles, device=data.obs.device)
     return data.obs[chosen].flatten(0, 1)
