@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowpolicy.algos.fpo import FPOConfig
 from flowpolicy.algos.ppo import PPOConfig
+from flowpolicy.algos.registry import spec_of_config
 from flowpolicy.cli import main
 from flowpolicy.device import (
     forked_rng_devices,
@@ -145,109 +145,20 @@ def test_config_json_records_the_device_and_old_runs_without_it_still_load(
 
 
 # ----------------------------------------------------------------------------- with CUDA
-
-
-def _tiny_algorithms() -> dict[str, object]:
-    from flowpolicy.algos.dppo import DPPOConfig
-    from flowpolicy.algos.qam import QAMConfig
-    from flowpolicy.algos.reinflow import ReinFlowConfig
-    from flowpolicy.algos.rldt import RLDTConfig
-    from tests.algos import test_dppo, test_qam, test_reinflow, test_rldt
-
-    small = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2)
-    return {
-        "ppo": PPOConfig(**small),
-        "fpo": FPOConfig(**small, flow_steps=4, mc_samples=2),
-        "rldt": RLDTConfig(**test_rldt.TINY),
-        "reinflow": ReinFlowConfig(**test_reinflow.TINY),
-        "dppo": DPPOConfig(**test_dppo.TINY),
-        "qam": QAMConfig(**test_qam.TINY),
-    }
-
-
-ALGORITHM_NAMES = ["ppo", "fpo", "rldt", "reinflow", "dppo", "qam"]
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
-"""The CUDA tests also run on the CPU, so that their code is exercised on every machine."""
-
-
-def _device_config(run_dir: Path, name: str, device: str) -> TrainConfig:
-    return TrainConfig(
-        algo=_tiny_algorithms()[name],
-        env="toy/nav",
-        seed=3,
-        total_steps=160,
-        eval_every=80,
-        eval_episodes=2,
-        checkpoint_every=1,
-        run_dir=str(run_dir),
-        quiet=True,
-        tensorboard=False,
-        device=device,
-    )
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ALGORITHM_NAMES)
-def test_every_algorithm_trains_on_the_device_and_its_policy_evaluates_on_a_cpu(
-    tmp_path: Path, name: str, device: str
-) -> None:
-    result = train(_device_config(tmp_path / "run", name, device))
-    assert result.metrics["step"] >= 160
-    trained = load_policy(result.run_dir, device)
-    cpu_policy = load_policy(result.run_dir, "cpu")
-    assert module_device(trained).type == device
-    assert module_device(cpu_policy).type == "cpu"
-    obs = torch.zeros(3, trained.obs_dim)
-    assert torch.allclose(
-        trained.act(obs.to(device), "zero").cpu(), cpu_policy.act(obs, "zero"), atol=1e-4
-    )
+# Every algorithm building, acting, updating, resuming and exporting its policy on CUDA is in
+# tests/algos/test_contract.py (parametrised over the registry and the devices).
 
 
 class _Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ALGORITHM_NAMES)
-def test_a_crashed_run_resumes_to_the_uninterrupted_numbers_on_the_device(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, device: str
-) -> None:
-    import flowpolicy.train as train_module
-    from tests.test_train import metric_rows
-
-    reference = train(_device_config(tmp_path / "reference", name, device)).run_dir
-    config = _device_config(tmp_path / "crashed", name, device)
-    algo_class = train_module.ALGORITHMS[type(config.algo)][1]
-    original_update, calls = algo_class.update, {"n": 0}
-
-    def crashing_update(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Interrupted
-        return original_update(self, batch)
-
-    monkeypatch.setattr(algo_class, "update", crashing_update)
-    with pytest.raises(_Interrupted):
-        train(config)
-    monkeypatch.setattr(algo_class, "update", original_update)
-    resumed = resume(config.run_dir).run_dir
-    if device == "cpu":
-        assert metric_rows(resumed) == metric_rows(reference)
-        return
-    # The same kernels in the same order: equal up to the few CUDA ops (atomic adds in some
-    # backward passes) that do not promise bit-identical sums.
-    for got, want in zip(metric_rows(resumed), metric_rows(reference), strict=True):
-        assert got.keys() == want.keys()
-        for key, value in want.items():
-            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-
-
 @needs_cuda
 def test_a_cpu_run_continues_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import flowpolicy.train as train_module
+    from tests.algos.test_contract import run_config
 
-    config = _device_config(tmp_path / "run", "fpo", "cpu")
-    algo_class = train_module.ALGORITHMS[type(config.algo)][1]
+    config = run_config(tmp_path / "run", "fpo", "cpu")
+    algo_class = spec_of_config(config.algo).algorithm
     original_update, calls = algo_class.update, {"n": 0}
 
     def crashing_update(self, batch):
@@ -263,3 +174,4 @@ def test_a_cpu_run_continues_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = resume(config.run_dir, device="cuda")
     assert result.metrics["step"] >= 160
     assert json.loads((Path(config.run_dir) / "config.json").read_text())["device"] == "cuda"
+    assert module_device(load_policy(config.run_dir, "cuda")).type == "cuda"

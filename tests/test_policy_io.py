@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowpolicy.algos.dppo import DPPOPolicy
 from flowpolicy.algos.ppo import PPOConfig
 from flowpolicy.errors import UserError
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
@@ -17,7 +18,7 @@ from flowpolicy.policy_io import (
     read_policy_file,
     save_policy,
 )
-from flowpolicy.train import TrainConfig, train
+from flowpolicy.train import TrainConfig, load_any_policy, resume, train
 
 LOW, HIGH = [0.0, -2.0], [1.0, 2.0]
 TINY = dict(hidden=(16, 16, 16), network="residual", obs_normalization="min_max")
@@ -84,6 +85,42 @@ def test_load_policy_from_a_train_run_directory(tmp_path: Path) -> None:
     policy = load_policy_from(tmp_path / "run")
     assert isinstance(policy, GaussianPolicy)
     assert policy.act(torch.ones(3, 2), "zero").shape == (3, 2)
+
+
+@pytest.mark.parametrize("inner", ["diffusion", "flow"])
+def test_dppos_split_chain_round_trips_through_a_file(tmp_path: Path, inner: str) -> None:
+    torch.manual_seed(0)
+    policy = DPPOPolicy(_fitted(POLICIES[inner]()), ft_steps=2)
+    with torch.no_grad():  # the fine-tuned copy differs from the frozen one, as after training
+        for parameter in policy.actor.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    save_policy(tmp_path / "policy.pt", policy, {"env_id": "Hopper-v5"})
+    loaded = load_policy_from(tmp_path / "policy.pt")
+    assert isinstance(loaded, DPPOPolicy) and loaded.ft_steps == 2
+    for name, value in policy.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    obs = torch.randn(5, 4)
+    for mode in ("zero", "random"):
+        torch.manual_seed(3)
+        expected = policy.act(obs, mode)
+        torch.manual_seed(3)
+        assert torch.equal(loaded.act(obs, mode), expected)
+
+
+def test_a_train_run_from_before_policy_exports_is_still_read(tmp_path: Path) -> None:
+    """Train runs write policy.pt at every checkpoint; one made before that is rebuilt from
+    its checkpoint by flowpolicy.train.load_any_policy, and a resume exports it."""
+    algo = PPOConfig(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1)
+    run_dir = tmp_path / "run"
+    config = TrainConfig(algo=algo, env="toy/bandit", total_steps=16, eval_every=0,
+                         eval_episodes=1, run_dir=str(run_dir), tensorboard=False, quiet=True)  # fmt: skip
+    train(config)
+    (run_dir / "policy.pt").unlink()
+    with pytest.raises(UserError, match="from before runs exported policy.pt"):
+        load_policy_from(run_dir)
+    assert isinstance(load_any_policy(run_dir), GaussianPolicy)
+    resume(run_dir)  # finished: it only exports the policy
+    assert isinstance(load_policy_from(run_dir), GaussianPolicy)
 
 
 def test_errors_name_the_path_and_what_to_pass(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import flowpolicy.train as train_module
 from flowpolicy.algos.dppo import DPPOConfig
 from flowpolicy.algos.fpo import FPO, FPOConfig, fpo_plus_plus
 from flowpolicy.algos.ppo import PPOConfig
 from flowpolicy.algos.qam import QAMConfig
+from flowpolicy.algos.registry import spec_of_config
 from flowpolicy.algos.rldt import RLDTConfig
 from flowpolicy.checkpoint import load_checkpoint
 from flowpolicy.envs import NavEnv
@@ -115,7 +115,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypa
     reference = train(small_config(tmp_path / "reference", algo, env=env, steps=512)).run_dir
 
     # Crash in the middle of the 5th update: iterations 1-4 are checkpointed, the 5th is lost.
-    original_update = train_module.ALGORITHMS[type(algo)][1].update
+    original_update = spec_of_config(algo).algorithm.update
     calls = {"n": 0}
 
     def crashing_update(self, batch):
@@ -124,7 +124,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypa
             raise Interrupted
         return original_update(self, batch)
 
-    algo_class = train_module.ALGORITHMS[type(algo)][1]
+    algo_class = spec_of_config(algo).algorithm
     monkeypatch.setattr(algo_class, "update", crashing_update)
     config = small_config(tmp_path / "crashed", algo, env=env, steps=512)
     with pytest.raises(Interrupted):

@@ -42,6 +42,7 @@ def parse_train(args: list[str]):
 
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
+        print(algorithm_list())
         raise SystemExit(0)
     algo, rest = args[0], args[1:]
     name = None
@@ -71,6 +72,16 @@ def parse_train(args: list[str]):
     if overrides and not config.quiet:
         stderr.print(describe_overrides(preset, overrides), markup=False)
     return config
+
+
+def algorithm_list() -> str:
+    """The registered algorithms and their presets (flowpolicy.algos.registry)."""
+    from flowpolicy.algos.registry import ALGORITHMS
+
+    lines = ["algorithms (flowpolicy train ALGO [--preset NAME]; the first preset is the default):"]
+    for name, spec in ALGORITHMS.items():
+        lines.append(f"  {name:<10} presets: {', '.join(p.name for p in spec.presets)}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import json
 import math
 import shutil
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from flowpolicy import train as train_module
 from flowpolicy.algos.ppo import PPOConfig
 from flowpolicy.checkpoint import CHECKPOINT_NAME
 from flowpolicy.data import Dataset, save_dataset
@@ -300,11 +300,9 @@ def _env_name(env: EnvSpec) -> str:
 
 
 def load_any_policy(path: str | Path) -> torch.nn.Module:
-    """A saved policy ready to ``act(obs, mode)``: the one place collect loads policies.
-
-    Uses ``flowpolicy.policy_io.load_policy_from`` (a policy file, a pretrain run directory or
-    an RL run directory) where that module exists, and otherwise
-    :func:`flowpolicy.train.load_policy` (RL run directories).
+    """A saved policy ready to ``act(obs, mode)``: the one place collect loads policies (a
+    policy file, a pretrain run directory or an RL run directory; see
+    :func:`flowpolicy.train.load_any_policy`).
 
     Raises:
         UserError: the path does not exist or holds no readable policy.
@@ -315,18 +313,7 @@ def load_any_policy(path: str | Path) -> torch.nn.Module:
             f"No policy at {path}: the path does not exist. Pass a saved policy file or the run "
             "directory that `flowpolicy train` printed."
         )
-    if importlib.util.find_spec("flowpolicy.policy_io") is not None:
-        from flowpolicy.policy_io import load_policy_from
-
-        return load_policy_from(path)
-    from flowpolicy.train import load_policy
-
-    if not path.is_dir():
-        raise UserError(
-            f"{path} is a file, but this installation reads policies only from run directories "
-            "made by `flowpolicy train`. Pass the run directory."
-        )
-    return load_policy(path)
+    return train_module.load_any_policy(path)
 
 
 # ----------------------------------------------------------------------------- the expert

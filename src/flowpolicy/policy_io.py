@@ -2,14 +2,14 @@
 metadata, readable without the run that made it.
 
 A policy file is a torch file holding ``{"format": "flowpolicy-policy", "version": 1,
-"class": "FlowPolicy" | "DiffusionPolicy" | "GaussianPolicy", "init_kwargs": {...},
+"class": "FlowPolicy" | "DiffusionPolicy" | "GaussianPolicy" | "DPPOPolicy", "init_kwargs": {...},
 "state_dict": {...}, "metadata": {...}}``. The policy is rebuilt from its class name and
 constructor arguments, then its state (weights and normaliser buffers) is loaded.
 ``metadata`` holds what a user needs to know about it: env id, dimensions, dataset, returns.
 
-:func:`load_policy_from` takes whatever a user is likely to pass: a policy file, a
-``flowpolicy pretrain`` run directory (its exported ``policy.pt``) or a ``flowpolicy train``
-run directory (the policy it evaluates, rebuilt from its last checkpoint).
+:func:`load_policy_from` takes whatever a user is likely to pass: a policy file, or a
+``flowpolicy pretrain`` or ``flowpolicy train`` run directory (the ``policy.pt`` both export at
+every checkpoint: for a train run, the policy it evaluates).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from flowpolicy.algos.dppo import DPPOPolicy
 from flowpolicy.checkpoint import load_checkpoint, save_checkpoint
 from flowpolicy.errors import UserError
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
@@ -31,8 +32,10 @@ POLICY_NAME = "policy.pt"
 """File name of the exported policy inside a pretrain run directory."""
 
 POLICY_CLASSES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (FlowPolicy, DiffusionPolicy, GaussianPolicy)
+    cls.__name__: cls for cls in (FlowPolicy, DiffusionPolicy, GaussianPolicy, DPPOPolicy)
 }
+"""The classes a policy file can hold. A constructor argument written as ``{"class": NAME,
+"init_kwargs": {...}}`` is a nested policy, rebuilt first (DPPO's split chain)."""
 
 _WHAT_TO_PASS = (
     "Pass a policy file written by `flowpolicy pretrain` (RUN_DIR/policy.pt), a pretrain run "
@@ -107,7 +110,7 @@ def read_policy_file(path: str | Path) -> PolicyFile:
             f"(known: {', '.join(sorted(POLICY_CLASSES))}). Was it written by a newer flowpolicy?"
         )
     try:
-        policy = policy_class(**payload["init_kwargs"])
+        policy = policy_class(**_rebuild_nested(payload["init_kwargs"]))
         policy.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(
@@ -118,13 +121,24 @@ def read_policy_file(path: str | Path) -> PolicyFile:
     return PolicyFile(policy, dict(payload.get("metadata", {})))
 
 
+def _rebuild_nested(init_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments with every nested ``{"class", "init_kwargs"}`` built as a policy."""
+    out = {}
+    for name, value in init_kwargs.items():
+        if isinstance(value, dict) and set(value) == {"class", "init_kwargs"}:
+            value = POLICY_CLASSES[value["class"]](**_rebuild_nested(value["init_kwargs"]))
+        out[name] = value
+    return out
+
+
 def load_policy_file(path: str | Path) -> nn.Module:
     """The policy in a policy file, ready to ``act(obs, mode)``."""
     return read_policy_file(path).policy
 
 
 def load_policy_from(path: str | Path) -> nn.Module:
-    """A policy from a policy file, a pretrain run directory or a train run directory.
+    """A policy from a policy file, or the ``policy.pt`` that a pretrain or train run directory
+    exports at every checkpoint.
 
     Raises:
         UserError: nothing usable at ``path``; the message says what to pass instead.
@@ -137,9 +151,11 @@ def load_policy_from(path: str | Path) -> nn.Module:
     if (path / POLICY_NAME).is_file():
         return load_policy_file(path / POLICY_NAME)
     if is_train_run_dir(path):
-        from flowpolicy.train import load_policy  # lazy: train imports every algorithm
-
-        return load_policy(path)
+        raise UserError(
+            f"{path} is a `flowpolicy train` run from before runs exported {POLICY_NAME}. "
+            f"`flowpolicy train --resume {path}` writes it (a finished run only exports it), "
+            "or evaluate the run with `flowpolicy eval`."
+        )
     raise UserError(
         f"{path} holds no policy: it has no {POLICY_NAME} (a pretrain run writes one at its "
         f"first checkpoint) and is not a `flowpolicy train` run directory. {_WHAT_TO_PASS}"

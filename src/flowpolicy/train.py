@@ -18,20 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import gymnasium as gym
 import torch
 import tyro
 from torch import Tensor, nn
 
-from flowpolicy.algos.dppo import DPPO, DPPOConfig
-from flowpolicy.algos.fpo import FPO, FPOConfig
-from flowpolicy.algos.ppo import PPO, PPOConfig
+from flowpolicy.algos.fpo import FPOConfig
 from flowpolicy.algos.presets import find_preset, overridden_values
-from flowpolicy.algos.qam import QAM, QAMConfig
-from flowpolicy.algos.reinflow import ReinFlow, ReinFlowConfig
-from flowpolicy.algos.rldt import RLDT, RLDTConfig
+from flowpolicy.algos.registry import ALGORITHMS, find_algorithm, spec_of_config
+from flowpolicy.algos.spec import Algorithm
 from flowpolicy.buffers import RolloutBuffer
 from flowpolicy.checkpoint import (
     CHECKPOINT_NAME,
@@ -51,29 +48,11 @@ from flowpolicy.envs.tensor_env import TensorVectorEnv, make_tensor_env
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
 from flowpolicy.logging import Logger, WandbMode, start_wandb
-from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
 from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, load_policy_from, save_policy
 
-AlgoConfig = PPOConfig | FPOConfig | RLDTConfig | ReinFlowConfig | DPPOConfig | QAMConfig
-ALGORITHMS: dict[type, tuple[str, type]] = {
-    PPOConfig: ("ppo", PPO),
-    FPOConfig: ("fpo", FPO),
-    RLDTConfig: ("rldt", RLDT),
-    ReinFlowConfig: ("reinflow", ReinFlow),
-    DPPOConfig: ("dppo", DPPO),
-    QAMConfig: ("qam", QAM),
-}
-CONFIG_CLASSES: dict[str, type] = {name: cfg for cfg, (name, _) in ALGORITHMS.items()}
-Algorithm = PPO | FPO | RLDT | ReinFlow | DPPO | QAM
-POLICY_CLASSES: dict[type, type[nn.Module] | tuple[type[nn.Module], ...]] = {
-    PPOConfig: GaussianPolicy,
-    FPOConfig: FlowPolicy,
-    RLDTConfig: FlowPolicy,
-    ReinFlowConfig: FlowPolicy,
-    DPPOConfig: (DiffusionPolicy, FlowPolicy),
-    QAMConfig: FlowPolicy,
-}
-"""The policy class (or classes) each algorithm fine-tunes (``--init``)."""
+AlgoConfig = Union[tuple(spec.config for spec in ALGORITHMS.values())]  # noqa: UP007
+"""Any registered algorithm's config (built from the registry, so a new algorithm needs no edit
+here)."""
 INIT_POLICY_NAME = "init_policy.pt"
 
 
@@ -135,7 +114,7 @@ class TrainConfig:
 
     @property
     def algo_name(self) -> str:
-        return ALGORITHMS[type(self.algo)][0]
+        return spec_of_config(self.algo).name
 
 
 @dataclass
@@ -170,7 +149,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     data = dict(data)
     data.pop("preset_overrides", None)
     algo_name = data.pop("algo_name")
-    algo_class = CONFIG_CLASSES[algo_name]
+    algo_class = find_algorithm(algo_name).config
     algo_fields = {f.name: f for f in dataclasses.fields(algo_class)}
     algo_data = {
         name: tuple(value) if isinstance(value, list) else value
@@ -242,7 +221,7 @@ def build_algorithm(
         check_policy_fits_env(policy, envs.obs_dim, low, high, config)
     device = torch.device(device)
     with device:
-        return ALGORITHMS[type(config.algo)][1](
+        return spec_of_config(config.algo).algorithm(
             envs.obs_dim,
             low.to(device),
             high.to(device),
@@ -263,11 +242,10 @@ def load_init_policy(config: TrainConfig, run_dir: Path, resume: bool) -> nn.Mod
     if config.init is None:
         return None
     source = run_dir / INIT_POLICY_NAME if resume else Path(config.init)
-    policy = load_policy_from(source)
-    expected = POLICY_CLASSES[type(config.algo)]
+    policy = load_any_policy(source)
+    expected = spec_of_config(config.algo).fine_tunes
     if not isinstance(policy, expected):
-        classes = expected if isinstance(expected, tuple) else (expected,)
-        names = " or ".join(cls.__name__ for cls in classes)
+        names = " or ".join(cls.__name__ for cls in expected)
         raise UserError(
             f"{config.algo_name} fine-tunes a {names}, but {config.init} holds a "
             f"{type(policy).__name__}. Pretrain a {names} (`flowpolicy pretrain "
@@ -474,7 +452,21 @@ def train(
             run_dir / CHECKPOINT_NAME,
             {"algo": algo.state_dict(), "loop": loop_state, "config": config_to_dict(config)},
         )
+        export_policy()
         checkpoint_step = global_step
+
+    def export_policy() -> None:
+        """RUN_DIR/policy.pt: the policy the run evaluates, readable without the run's code
+        (``flowpolicy eval``, ``--init``, ``load_policy_from``), on any device."""
+        metadata = {
+            "source": f"flowpolicy train {config.algo_name}",
+            "env_id": config.env if env_factory is None else None,
+            "run_dir": str(run_dir),
+            "step": global_step,
+            "eval_seed": config.seed + EVAL_SEED_OFFSET,
+            "eval": last_eval,
+        }
+        save_policy(run_dir / POLICY_NAME, algo.eval_policy, metadata)
 
     if not resume:
         logger.print(
@@ -487,6 +479,8 @@ def train(
         # The last evaluation travels with the checkpoint so that a stop_at_return reached just
         # before a crash still ends the resumed run, and done.json reports it.
         last_eval = checkpoint_state["loop"].get("last_eval", {})
+        if not (run_dir / POLICY_NAME).is_file():  # a run from before policy.pt exports
+            export_policy()
     next_eval = (
         (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
     )
@@ -588,6 +582,15 @@ def load_policy(run_dir: str | Path, device: torch.device | str = "cpu") -> torc
     """The policy a run evaluates (EMA weights where the algorithm keeps them), on ``device``,
     ready to ``act(obs, mode)``."""
     return load_algorithm(run_dir, device)[1].eval_policy
+
+
+def load_any_policy(path: str | Path) -> nn.Module:
+    """:func:`~flowpolicy.policy_io.load_policy_from`, and also a train run directory from
+    before runs exported policy.pt (its policy rebuilt from the last checkpoint)."""
+    path = Path(path)
+    if path.is_dir() and is_train_run_dir(path) and not (path / POLICY_NAME).is_file():
+        return load_policy(path)
+    return load_policy_from(path)
 
 
 def resume(

@@ -24,7 +24,7 @@ from flowpolicy.envs import BanditEnv
 from flowpolicy.errors import UserError
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
 from flowpolicy.policy_io import save_policy
-from flowpolicy.train import resume, train
+from flowpolicy.train import train
 from tests.algos.broad_policies import (
     BANDIT_HIGH,
     BANDIT_LOW,
@@ -468,33 +468,6 @@ def test_a_gaussian_policy_is_refused(tmp_path) -> None:
     )
     with pytest.raises(UserError, match="fine-tunes a DiffusionPolicy or FlowPolicy.*Gaussian"):
         train(config)
-
-
-def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypatch) -> None:
-    policy_file = _bandit_policy_file(tmp_path, "diffusion")
-    algo = DPPOConfig(
-        **(TINY | dict(num_envs=4, update_epochs=1, ft_denoising_steps=3, chunk=1))
-    )  # K 10, K' 3: the frozen copy is part of the checkpoint
-    options = dict(env="toy/bandit", init=str(policy_file), steps=128, eval_every=64)
-    reference = train(small_config(tmp_path / "reference", algo, **options)).run_dir
-
-    original_update, calls = DPPO.update, {"n": 0}
-
-    def crashing_update(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original_update(self, batch)
-
-    monkeypatch.setattr(DPPO, "update", crashing_update)
-    config = small_config(tmp_path / "crashed", algo, **options)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    monkeypatch.setattr(DPPO, "update", original_update)
-    resumed = resume(config.run_dir).run_dir
-    rows = metric_rows(resumed)
-    assert rows == metric_rows(reference)
-    assert sum("policy/ratio" in row for row in rows) == 4
 
 
 # ----------------------------------------------------------------------------- the bandit toys

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-import flowpolicy.train as train_module
 from flowpolicy.algos.reinflow import (
     NOISE_TIME_DIM,
     ReinFlow,
@@ -22,13 +21,11 @@ from flowpolicy.algos.reinflow import (
     noise_upper_bound,
 )
 from flowpolicy.buffers import RolloutBuffer
-from flowpolicy.checkpoint import load_checkpoint
 from flowpolicy.cli import main
 from flowpolicy.envs import BanditEnv
 from flowpolicy.nets import sinusoidal_embedding
 from flowpolicy.policies import FlowPolicy
 from flowpolicy.policy_io import save_policy
-from flowpolicy.train import resume, train
 from tests.algos.broad_policies import (
     BANDIT_HIGH,
     BANDIT_LOW,
@@ -36,7 +33,7 @@ from tests.algos.broad_policies import (
     mean_bandit_reward,
 )
 from tests.algos.rollouts import random_rollout
-from tests.test_train import metric_rows, small_config
+from tests.test_train import metric_rows
 
 OBS_DIM = 3
 LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
@@ -442,41 +439,6 @@ def test_trains_through_the_cli_from_a_pretrained_policy(tmp_path) -> None:
     assert len(rows) == 1 and math.isfinite(rows[0]["policy/ratio"])
     assert (run_dir / "done.json").is_file()
     assert main(["train", "reinflow", "--min-std", "0.3", "--run-dir", str(tmp_path / "r")]) == 2
-
-
-class Interrupted(Exception):
-    pass
-
-
-def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypatch) -> None:
-    policy_file = _policy_file(tmp_path)
-    algo = ReinFlowConfig(**LOOP)
-    options = dict(env="toy/bandit", steps=160, init=str(policy_file), eval_every=64)
-    reference = train(small_config(tmp_path / "reference", algo, **options)).run_dir
-
-    original_update = ReinFlow.update
-    calls = {"n": 0}
-
-    def crashing_update(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupted
-        return original_update(self, batch)
-
-    monkeypatch.setattr(ReinFlow, "update", crashing_update)
-    config = small_config(tmp_path / "crashed", algo, **options)
-    with pytest.raises(Interrupted):
-        train(config)
-    monkeypatch.setattr(ReinFlow, "update", original_update)
-    checkpoint = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")
-    assert checkpoint["loop"]["iteration"] == 3
-    assert checkpoint["algo"]["iterations"] == 3 and checkpoint["algo"]["reference"] is not None
-    resumed = resume(config.run_dir).run_dir
-    rows = metric_rows(resumed)
-    assert rows == metric_rows(reference)
-    lrs = [row["charts/actor_lr"] for row in rows if "charts/actor_lr" in row]
-    assert len(lrs) == 5 and len(set(lrs)) == 3  # the per-iteration schedule survived the crash
-    assert train_module.ALGORITHMS[ReinFlowConfig][0] == "reinflow"
 
 
 # ----------------------------------------------------------------------------- the toy

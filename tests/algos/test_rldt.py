@@ -5,7 +5,6 @@ trips, a known-Q toy on the multimodal bandit, and the training loop (API, CLI, 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -28,11 +27,10 @@ from flowpolicy.algos.rldt import (
     svgd_field,
 )
 from flowpolicy.buffers import TrajectoryBatch
-from flowpolicy.checkpoint import load_checkpoint
 from flowpolicy.cli import main
 from flowpolicy.errors import UserError
 from flowpolicy.policies import FlowPolicy
-from flowpolicy.train import TrainConfig, resume, train
+from flowpolicy.train import TrainConfig, train
 from tests.algos.rollouts import random_rollout
 from tests.test_train import metric_rows, small_config
 
@@ -396,30 +394,6 @@ def test_a_pretrained_policy_is_used_as_given_and_must_match() -> None:
 # ----------------------------------------------------------------------------- state
 
 
-def test_state_dict_round_trip_gives_identical_updates() -> None:
-    algo = _make(critic_warmup_iterations=1)
-    for seed in range(3):
-        algo.update(random_rollout(algo, OBS_DIM, seed=seed))
-    buffer = io.BytesIO()  # through serialisation, as a checkpoint does
-    torch.save(algo.state_dict(), buffer)
-    buffer.seek(0)
-    restored = RLDT(OBS_DIM, LOW, HIGH, RLDTConfig(**(TINY | dict(critic_warmup_iterations=1))))
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
-    assert restored.iterations == 3 and restored.reward_ema == algo.reward_ema
-    assert len(restored.replay) == len(algo.replay)
-
-    batch = random_rollout(algo, OBS_DIM, seed=9)
-    torch.manual_seed(123)
-    expected = algo.update(batch)
-    torch.manual_seed(123)
-    got = restored.update(batch)
-    assert got == expected
-    critics = algo.critic.state_dict(), restored.critic.state_dict()
-    for a, b in zip(critics[0].values(), critics[1].values(), strict=True):
-        assert torch.equal(a, b)
-    assert torch.equal(_velocity_params(algo), _velocity_params(restored))
-
-
 # ----------------------------------------------------------------------------- toy: known Q
 
 
@@ -497,30 +471,3 @@ def test_fine_tunes_a_pretrained_policy_through_init(tmp_path) -> None:
     start = torch.cat([p.flatten() for p in policy.velocity_net.parameters()])
     end = torch.cat([p.flatten() for p in tuned.velocity_net.parameters()])
     assert not torch.equal(start, end)  # the actor was trained (after the critic warm-up)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path, monkeypatch) -> None:
-    reference = train(_run_config(tmp_path / "reference", steps=96)).run_dir
-    original_update = RLDT.update
-    calls = {"n": 0}
-
-    def crashing_update(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupted
-        return original_update(self, batch)
-
-    monkeypatch.setattr(RLDT, "update", crashing_update)
-    config = _run_config(tmp_path / "crashed", steps=96)
-    with pytest.raises(Interrupted):
-        train(config)
-    monkeypatch.setattr(RLDT, "update", original_update)
-    checkpoint = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")
-    assert checkpoint["loop"]["iteration"] == 3
-    assert len(checkpoint["algo"]["replay"]["iterations"]) == 3  # the replay is checkpointed
-    resumed = resume(config.run_dir).run_dir
-    assert metric_rows(resumed) == metric_rows(reference)

@@ -40,3 +40,9 @@ def test_prints_timings_and_breakdown(tiny_policy_file, capsys) -> None:
     assert "h of updates per 100k env steps" in out
     for piece in ("critic step", "actor step", "breakdown"):
         assert piece in out
+
+
+def test_builds_the_authors_preset_on_the_requested_device(tiny_policy_file) -> None:
+    algo = build(Args(init=tiny_policy_file, replay_iterations=1, preset="qam", device="cpu"))
+    assert algo.config.critic_members == 10  # the authors' ensemble, not qam-cpu's
+    assert algo.replay.fresh.obs.device == torch.device("cpu")

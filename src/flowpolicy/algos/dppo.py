@@ -43,13 +43,14 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from flowpolicy import chains
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
@@ -336,6 +337,14 @@ class DPPOPolicy(nn.Module):
         self.first_trainable_step = self.num_steps - ft_steps
         self.flow_noise_std = flow_noise_std
         self.noise_clip = noise_clip
+        # What a policy file needs to rebuild it (flowpolicy.policy_io rebuilds the nested
+        # policy first; the weights of both copies then come from the state dict).
+        self.init_kwargs: dict[str, Any] = {
+            "policy": {"class": type(policy).__name__, "init_kwargs": dict(policy.init_kwargs)},
+            "ft_steps": ft_steps,
+            "flow_noise_std": flow_noise_std,
+            "noise_clip": noise_clip,
+        }
 
     @property
     def obs_norm(self) -> nn.Module:
@@ -710,3 +719,14 @@ class DPPO:
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.iterations = state["iterations"]
+
+
+# ----------------------------------------------------------------------------- registration
+
+SPEC = AlgorithmSpec(
+    name="dppo",
+    config=DPPOConfig,
+    algorithm=DPPO,
+    presets=(Preset("dppo", DPPOConfig),),
+    fine_tunes=(DiffusionPolicy, FlowPolicy),
+)

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from flowpolicy import flows
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import (
     check_on_policy_config,
     require_non_negative,
@@ -551,3 +552,18 @@ class FPO:
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer_steps = state["optimizer_steps"]
+
+
+# ----------------------------------------------------------------------------- registration
+
+SPEC = AlgorithmSpec(
+    name="fpo",
+    config=FPOConfig,
+    algorithm=FPO,
+    presets=(
+        Preset("fpo", FPOConfig),
+        Preset("fpo++", fpo_plus_plus),
+        Preset("fpo-finetune", fpo_finetune),
+    ),
+    fine_tunes=(FlowPolicy,),
+)

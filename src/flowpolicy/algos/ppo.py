@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import check_on_policy_config
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
@@ -235,3 +236,14 @@ class PPO:
         self.critic.load_state_dict(state["critic"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+# ----------------------------------------------------------------------------- registration
+
+SPEC = AlgorithmSpec(
+    name="ppo",
+    config=PPOConfig,
+    algorithm=PPO,
+    presets=(Preset("ppo", PPOConfig), Preset("ppo-fpo-paper", ppo_fpo_paper)),
+    fine_tunes=(GaussianPolicy,),
+)

@@ -1,6 +1,7 @@
 """Every algorithm's presets: ``flowpolicy train ALGO --preset NAME``.
 
-A preset is a function (or a config class) that returns an algorithm config. Its docstring says
+A preset (``flowpolicy.algos.spec.Preset``) is a function (or a config class) that returns an
+algorithm config; each algorithm lists its presets in its registration line. Its docstring says
 where the values come from (the authors' repository, file and commit where known) and where it
 deviates; ``--help`` shows that docstring, and ``tests/algos/test_presets.py`` pins every
 preset's values so that none can drift silently. The first preset of an algorithm is the one
@@ -11,69 +12,21 @@ preset's values so that none can drift silently. The first preset of an algorith
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from flowpolicy.algos.dppo import DPPOConfig
-from flowpolicy.algos.fpo import FPOConfig, fpo_finetune, fpo_plus_plus
-from flowpolicy.algos.ppo import PPOConfig, ppo_fpo_paper
-from flowpolicy.algos.qam import QAMConfig, qam_cpu, qam_rldt
-from flowpolicy.algos.reinflow import ReinFlowConfig
-from flowpolicy.algos.rldt import RLDTConfig, rldt_gym
+from flowpolicy.algos.registry import ALGORITHMS, find_algorithm
+from flowpolicy.algos.spec import Preset
 from flowpolicy.errors import UserError
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A named starting config of one algorithm."""
-
-    name: str
-    """``--preset`` name."""
-    algo: str
-    """the algorithm (``flowpolicy train ALGO``)."""
-    make: Callable[[], Any]
-    """returns the config; its docstring names the source of the values."""
-
-    @property
-    def source(self) -> str:
-        """Where the values come from: the docstring of :attr:`make`."""
-        return inspect.getdoc(self.make) or ""
-
-    def config(self) -> Any:
-        return self.make()
-
-
-PRESETS: dict[str, tuple[Preset, ...]] = {
-    "ppo": (Preset("ppo", "ppo", PPOConfig), Preset("ppo-fpo-paper", "ppo", ppo_fpo_paper)),
-    "fpo": (
-        Preset("fpo", "fpo", FPOConfig),
-        Preset("fpo++", "fpo", fpo_plus_plus),
-        Preset("fpo-finetune", "fpo", fpo_finetune),
-    ),
-    "rldt": (Preset("rldt", "rldt", RLDTConfig), Preset("rldt-gym", "rldt", rldt_gym)),
-    "reinflow": (Preset("reinflow", "reinflow", ReinFlowConfig),),
-    "dppo": (Preset("dppo", "dppo", DPPOConfig),),
-    "qam": (
-        Preset("qam", "qam", QAMConfig),
-        Preset("qam-cpu", "qam", qam_cpu),
-        Preset("qam-rldt", "qam", qam_rldt),
-    ),
-}
-"""The presets of every algorithm, its default first."""
+PRESETS: dict[str, tuple[Preset, ...]] = {name: spec.presets for name, spec in ALGORITHMS.items()}
+"""The presets of every algorithm, its default first (from each algorithm's registration)."""
 
 ALGOS: tuple[str, ...] = tuple(PRESETS)
 
 
 def find_preset(algo: str, name: str | None = None) -> Preset:
     """The preset ``name`` of ``algo`` (its default when None); UserError naming the choices."""
-    if algo not in PRESETS:
-        raise UserError(
-            f"Unknown algorithm {algo!r}. Choose one of: {', '.join(ALGOS)} "
-            "(FPO++ is `flowpolicy train fpo --preset fpo++`)."
-        )
-    presets = PRESETS[algo]
+    presets = find_algorithm(algo).presets
     if name is None:
         return presets[0]
     for preset in presets:

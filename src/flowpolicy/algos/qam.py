@@ -62,6 +62,7 @@ from flowpolicy.algos.offpolicy import (
 )
 from flowpolicy.algos.onpolicy import optimizer_step
 from flowpolicy.algos.rldt import RLDTConfig, constraint_loss
+from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QReduction
@@ -834,3 +835,18 @@ def random_states(data: TrajectoryBatch, count: int) -> tuple[Tensor, Tensor]:
     obs, actions = data.obs.flatten(0, 1), data.actions.flatten(0, 1)
     index = torch.randint(obs.shape[0], (count,), device=obs.device)
     return obs[index], actions[index]
+
+
+# ----------------------------------------------------------------------------- registration
+
+SPEC = AlgorithmSpec(
+    name="qam",
+    config=QAMConfig,
+    algorithm=QAM,
+    presets=(
+        Preset("qam", QAMConfig),
+        Preset("qam-cpu", qam_cpu),
+        Preset("qam-rldt", qam_rldt),
+    ),
+    fine_tunes=(FlowPolicy,),
+)

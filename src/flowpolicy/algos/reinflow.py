@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from flowpolicy import chains, flows
 from flowpolicy.algos import onpolicy
 from flowpolicy.algos.fpo import trust_region_objective
+from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
@@ -644,3 +645,14 @@ class ReinFlow:
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iterations = state["iterations"]
+
+
+# ----------------------------------------------------------------------------- registration
+
+SPEC = AlgorithmSpec(
+    name="reinflow",
+    config=ReinFlowConfig,
+    algorithm=ReinFlow,
+    presets=(Preset("reinflow", ReinFlowConfig),),
+    fine_tunes=(FlowPolicy,),
+)

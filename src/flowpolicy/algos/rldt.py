@@ -63,6 +63,7 @@ from flowpolicy.algos.offpolicy import (
     q_ensemble_and_optimizer,
     segment_members,
 )
+from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QReduction
@@ -729,3 +730,14 @@ def actor_states(data: TrajectoryBatch, step: int, num_particles: int) -> Tensor
     else:
         chosen = torch.arange(offset, num_segments, num_particles, device=data.obs.device)
     return data.obs[chosen].flatten(0, 1)
+
+
+# ----------------------------------------------------------------------------- registration
+
+SPEC = AlgorithmSpec(
+    name="rldt",
+    config=RLDTConfig,
+    algorithm=RLDT,
+    presets=(Preset("rldt", RLDTConfig), Preset("rldt-gym", rldt_gym)),
+    fine_tunes=(FlowPolicy,),
+)
