@@ -1,9 +1,11 @@
-"""How long QAM's critic and actor steps take on one CPU thread, and where the time goes.
+"""How long QAM's critic and actor steps take on one CPU thread (or a GPU), and where the
+time goes.
 
 QAM is built the way ``flowpolicy train qam --preset qam-cpu --init INIT`` builds it: the
 pretrained flow policy of ``--init`` (its chunk and flow steps win over the preset's, as in
-training) under :func:`flowpolicy.algos.qam.qam_cpu`. The env is not needed: the policy carries
-the observation size and the action bounds. The replay is filled with ``--replay-iterations``
+training) under ``--preset`` (default qam-cpu; ``qam`` is the authors' sizes) on ``--device``
+(on a GPU every timing waits for the queued kernels). The env is not needed: the policy
+carries the observation size and the action bounds. The replay is filled with ``--replay-iterations``
 iterations of random transitions of the right shapes (4 envs x 50 chunk steps each; 625 is
 what a 500k-env-step run holds at its end).
 
@@ -39,6 +41,7 @@ fused Adam/AdamW took the critic step from 0.084 to 0.077 s and the actor step f
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections import defaultdict
@@ -53,9 +56,11 @@ import tyro
 
 import flowpolicy
 from flowpolicy.algos import offpolicy, qam
-from flowpolicy.algos.qam import QAM, qam_cpu
+from flowpolicy.algos.presets import find_preset
+from flowpolicy.algos.qam import QAM
 from flowpolicy.buffers import TrajectoryBatch
 from flowpolicy.critics import QEnsemble
+from flowpolicy.device import resolve_device
 from flowpolicy.policies import FlowPolicy
 from flowpolicy.policy_io import load_policy_from
 
@@ -83,34 +88,49 @@ class Args:
     """also print torch.profiler's operator table over ``steps`` gradient steps."""
     threads: int = 1
     """torch threads."""
+    device: str = "cpu"
+    """where QAM and its replay live: cpu, cuda or cuda:N (timings wait for the GPU)."""
+    preset: str = "qam-cpu"
+    """QAM preset to build: qam-cpu (the CPU sizes, default) or qam (the authors')."""
     seed: int = 0
     """seed of the replay's contents and of every draw."""
 
 
 def build(args: Args) -> QAM:
-    """QAM with the qam-cpu preset on the pretrained policy, and a filled replay."""
+    """QAM with the chosen preset on the pretrained policy, and a filled replay, on the device
+    (built inside ``torch.device``, as the training runner builds it)."""
+    device = resolve_device(args.device)
     policy = load_policy_from(args.init)
     if not isinstance(policy, FlowPolicy):
         raise SystemExit(f"{args.init} holds a {type(policy).__name__}, not a FlowPolicy")
     # What `with_policy_settings` does in training: the policy's chunking and steps win.
-    config = qam_cpu(chunk=policy.chunk, chunk_exec=policy.chunk_exec, flow_steps=policy.flow_steps)
-    algo = QAM(policy.obs_dim, policy.action_low, policy.action_high, config, policy=policy)
+    settings = dict(chunk=policy.chunk, chunk_exec=policy.chunk_exec, flow_steps=policy.flow_steps)
+    config = dataclasses.replace(find_preset("qam", args.preset).config(), **settings)
+    policy.to(device)
+    with device:
+        algo = QAM(policy.obs_dim, policy.action_low, policy.action_high, config, policy=policy)
     generator = torch.Generator().manual_seed(args.seed)
     shape = (ENVS, STEPS)
     for _ in range(args.replay_iterations):
         obs = torch.randn(*shape, policy.obs_dim, generator=generator)
-        algo.replay.add(
-            TrajectoryBatch(
-                obs=obs,
-                actions=2.0 * torch.rand(*shape, policy.flat_action_dim, generator=generator) - 1,
-                rewards=torch.randn(*shape, generator=generator),
-                next_obs=obs + 0.1 * torch.randn(*shape, policy.obs_dim, generator=generator),
-                terminated=(torch.rand(*shape, generator=generator) < 0.01).float(),
-                dones=(torch.rand(*shape, generator=generator) < 0.02).float(),
-            )
+        segments = TrajectoryBatch(
+            obs=obs,
+            actions=2.0 * torch.rand(*shape, policy.flat_action_dim, generator=generator) - 1,
+            rewards=torch.randn(*shape, generator=generator),
+            next_obs=obs + 0.1 * torch.randn(*shape, policy.obs_dim, generator=generator),
+            terminated=(torch.rand(*shape, generator=generator) < 0.01).float(),
+            dones=(torch.rand(*shape, generator=generator) < 0.02).float(),
         )
+        algo.replay.add(TrajectoryBatch(*(t.to(device) for t in dataclasses.astuple(segments))))
     algo.iterations = 1  # past the critic warm-up
     return algo
+
+
+def synchronize(algo: QAM) -> None:
+    """Wait for the GPU's queued work, so that a timing covers it (nothing on the CPU)."""
+    device = next(algo.policy.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def critic_step(algo: QAM, data: TrajectoryBatch) -> None:
@@ -139,9 +159,11 @@ def time_steps(algo: QAM, args: Args) -> dict[str, list[float]]:
     seconds: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeats):
         for kind, run in kinds.items():  # interleaved, so a busy spell hits every kind
+            synchronize(algo)
             start = time.perf_counter()
             for data in batches:
                 run(data)
+            synchronize(algo)
             seconds[kind].append((time.perf_counter() - start) / args.steps)
     return seconds
 
@@ -294,9 +316,10 @@ def main(args: Args) -> None:
     }
     print(f"flowpolicy from {Path(flowpolicy.__file__).parent}")
     print(
-        f"QAM qam-cpu on {args.init}: K={cfg.flow_steps}, chunk {cfg.chunk}, batch "
+        f"QAM {args.preset} on {args.init}: K={cfg.flow_steps}, chunk {cfg.chunk}, batch "
         f"{cfg.batch_size}, {cfg.critic_members} critic members {cfg.critic_hidden}, "
-        f"parameters {nets}; replay {len(algo.replay)} segments; {args.threads} thread(s)"
+        f"parameters {nets}; replay {len(algo.replay)} segments; {args.threads} thread(s), "
+        f"device {args.device}"
     )
     seconds = time_steps(algo, args)
     print(f"\nseconds per step, median of {args.repeats} means over {args.steps} steps:")

@@ -76,3 +76,15 @@ def test_device_and_init_reach_the_training_command(monkeypatch, tmp_path) -> No
     with pytest.raises(SystemExit):  # an older library, which has no --device, on the CPU
         throughput.measure("ppo", "Hopper-v5", 4096, 1, "cpu", None, src=tmp_path)
     assert "--device" not in seen[1]
+
+
+def test_iterations_are_sized_from_the_preset_the_policy_and_the_options(tmp_path) -> None:
+    from flowpolicy.policies import FlowPolicy
+    from flowpolicy.policy_io import save_policy
+
+    assert throughput.iteration_steps("ppo", None, "") == 8 * 256
+    assert throughput.iteration_steps("reinflow", None, "") == 40 * 500 * 4
+    assert throughput.iteration_steps("qam:qam-cpu", None, "--num-envs 2") == 2 * 50 * 4
+    policy = FlowPolicy(3, [-1.0], [1.0], chunk=4, chunk_exec=2, hidden=(8,))
+    save_policy(tmp_path / "p.pt", policy)
+    assert throughput.iteration_steps("rldt", tmp_path / "p.pt", "") == 10 * 250 * 2
