@@ -222,7 +222,12 @@ def field_name(algo: QAM) -> Callable[[FlowPolicy], str]:
 def instrument(timer: Timer, algo: QAM) -> list[Callable[[], None]]:
     """Wrap the pieces of the two steps; returns the undos."""
     targets: list[tuple[Any, str, str | Callable[[Any], str]]] = [
-        (QAM, "_sample", "bootstrap actions (K Euler steps)"),
+        # _sample lives in the shared off-policy head (offpolicy.py) since it was written once.
+        (
+            getattr(offpolicy, "OffPolicyAlgorithm", QAM),
+            "_sample",
+            "bootstrap actions (K Euler steps)",
+        ),
         (qam, "memoryless_sde", "memoryless SDE"),
         (QAM, "terminal_adjoint", "terminal adjoint"),
         (qam, "lean_adjoint", "lean adjoint (K base VJPs)"),

@@ -35,8 +35,8 @@ FACTORIES = {
 }
 ALLOWED = {
     # Built once at construction, inside the runner's torch.device(...) context.
-    ("dppo.py", "clip_schedule"),
-    ("dppo.py", "denoising_discounts"),
+    ("denoising_mdp.py", "clip_schedule"),
+    ("denoising_mdp.py", "denoising_discounts"),
     ("ddpm.py", "cosine_beta_schedule"),
     # A few integers, moved by its one caller (DiffusionPolicy.timesteps) with .to(device).
     ("ddpm.py", "ddim_timesteps"),

@@ -14,6 +14,7 @@ import torch
 
 import flowpolicy.train as train_module
 from flowpolicy import flows
+from flowpolicy.algos.offpolicy import segment_members
 from flowpolicy.algos.rldt import (
     RLDT,
     RLDTConfig,
@@ -23,7 +24,6 @@ from flowpolicy.algos.rldt import (
     constraint_loss,
     posteriors_at_random_steps,
     rldt_gym,
-    segment_members,
     svgd_field,
 )
 from flowpolicy.buffers import TrajectoryBatch

@@ -39,33 +39,33 @@ fine-tuned steps, ``A = Ta * Da`` flat chunk, ``Do`` observation size.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from flowpolicy import chains
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, ValueCriticConfig
+from flowpolicy.algos.denoising_mdp import (
+    ChainPolicy,
+    DPPOPolicy,
+    clip_schedule,
+    denoising_discounts,
+    step_log_prob,
+)
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch
-from flowpolicy.critics import ValueNet
 from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.nets import Activation, ResidualMLP, residual_shape
-from flowpolicy.policies import DiffusionPolicy, FlowPolicy, Network, SampleMode
-
-ChainPolicy = DiffusionPolicy | FlowPolicy
-ChainMode = Literal["zero", "random", "explore"]
-"""``zero`` / ``random``: the policy's own samplers (evaluation); ``explore``: the training
-chain (DDPM/DDIM posterior, or Euler steps with the fixed noise of the flow variant)."""
+from flowpolicy.policies import DiffusionPolicy, FlowPolicy, Network
 
 
 @dataclass(frozen=True)
-class DPPOConfig:
+class DPPOConfig(ValueCriticConfig, FlowActorConfig, OnPolicyConfig):
     """DPPO. Defaults are the authors' Gym locomotion fine-tuning config.
 
     Source: irom-princeton/dppo at commit dc8e0c9edce7ac2b2ff112abe460e1c21b0b3bdc,
@@ -73,9 +73,10 @@ class DPPOConfig:
     with the last 10 fine-tuned, actor lr 1e-4, critic lr 1e-3, clip 0.01 rising by rate 3,
     gamma_denoising 0.99, 5 epochs, batch 50000)."""
 
+    # The rollout sizes, flow policy and value network are the blocks' (config_blocks.py);
+    # re-declared here where DPPO's defaults or notes differ.
     # --- rollout and PPO ---
     num_envs: int = 40
-    """parallel environments."""
     num_steps: int = 500
     """action chunks per env per rollout (500 x Ta 4 = 2000 env steps per env)."""
     gamma: float = 0.99
@@ -83,7 +84,6 @@ class DPPOConfig:
     gae_lambda: float = 0.95
     """GAE lambda (per chunk)."""
     update_epochs: int = 5
-    """passes over each batch."""
     num_minibatches: int = 4
     """minibatches per epoch over the num_envs * num_steps * ft_denoising_steps (env step,
     denoising step) pairs (Gym: 4 of 50,000 pairs, 20 gradient steps per iteration)."""
@@ -93,8 +93,6 @@ class DPPOConfig:
     """learning rate of the fine-tuned network (AdamW, constant)."""
     critic_lr: float = 1e-3
     """learning rate of the value network (AdamW, constant)."""
-    vf_coef: float = 0.5
-    """value loss coefficient."""
     max_grad_norm: float | None = None
     """clip the actor's gradient norm (None: no clipping, as on Gym)."""
     target_kl: float | None = 1.0
@@ -140,8 +138,6 @@ class DPPOConfig:
     """fixed std of every Euler step of the flow chain (FPO paper's denoising MDP)."""
     flow_clip_coef: float = 0.2
     """PPO clip of the flow chain, the same at every step (FPO paper)."""
-    chunk: int = 4
-    """Ta, actions per policy sample."""
     chunk_exec: int = 4
     """Ta_exec <= Ta, actions executed per policy sample (the log-probs average over these)."""
     # --- networks built from the config (no --init) ---
@@ -153,10 +149,6 @@ class DPPOConfig:
     """hidden activation of the actor network."""
     time_dim: int = 16
     """size of the actor's learned sinusoidal time embedding."""
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    """hidden sizes of the value network."""
-    critic_activation: Activation = "mish"
-    """hidden activation of the value network."""
     critic_residual: bool = True
     """residual value network (DPPO's ``residual_style``; hidden must be 1 + 2n equal widths)."""
 
@@ -176,49 +168,41 @@ class DPPOConfig:
         """(env step, denoising step) pairs per batch."""
         return self.num_envs * self.num_steps * self.ft_denoising_steps
 
+    @property
+    def minibatch_size(self) -> int:
+        """(env step, denoising step) pairs per minibatch."""
+        return self.num_pairs // self.num_minibatches
+
+    def build_critic(self, obs_dim: int) -> nn.Module:
+        """DPPO's residual value network (``critic_residual``), or the plain one."""
+        if self.critic_residual:
+            return ResidualValueNet(obs_dim, self.critic_hidden, self.critic_activation)
+        return super().build_critic(obs_dim)
+
     def __post_init__(self) -> None:
+        self.check_rollout()
+        self.check_flow_actor()
         require_positive(
             self,
-            "num_envs",
-            "num_steps",
-            "update_epochs",
-            "num_minibatches",
             "actor_lr",
             "critic_lr",
-            "clip_coef",
             "clip_coef_base",
             "clip_coef_rate",
             "flow_clip_coef",
             "flow_noise_std",
             "noise_clip",
-            "max_grad_norm",
             "target_kl",
             "denoising_steps",
             "ft_denoising_steps",
             "ddim_steps",
-            "flow_steps",
-            "chunk",
-            "chunk_exec",
-            "time_dim",
         )
-        for name in ("gamma", "gae_lambda", "gamma_denoising"):
-            require_range(self, name, 0.0, 1.0)
+        require_range(self, "gamma_denoising", 0.0, 1.0)
         require_non_negative(
-            self,
-            "vf_coef",
-            "sampling_std_floor",
-            "logprob_std_floor",
-            "ddim_eta",
-            "critic_warmup_iterations",
+            self, "sampling_std_floor", "logprob_std_floor", "ddim_eta", "critic_warmup_iterations"
         )
         if self.logprob_min >= self.logprob_max:
             raise ValueError(
                 f"need logprob_min < logprob_max, got {self.logprob_min} and {self.logprob_max}."
-            )
-        if self.chunk_exec > self.chunk:
-            raise ValueError(
-                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
-                "only execute actions the policy produced."
             )
         if self.ddim_steps is not None and self.ddim_steps > self.denoising_steps:
             raise ValueError(
@@ -239,193 +223,6 @@ class DPPOConfig:
                 f"{self.num_minibatches} equal parts of at least 2. Change --num-minibatches, "
                 "--num-steps or --num-envs."
             )
-
-
-# ----------------------------------------------------------------------------- schedules
-
-
-def clip_schedule(ft_steps: int, clip_coef: float, clip_base: float, rate: float) -> Tensor:
-    """PPO clip per fine-tuned denoising index i = 0 .. K'-1; shape (K',).
-
-    ``c_i = c_base + (c - c_base) (exp(rate t_i) - 1) / (exp(rate) - 1)`` with
-    ``t_i = i / (K' - 1)``: ``c_base`` at the first fine-tuned step, ``c`` at the last. With
-    K' = 1 the single step gets ``c`` (the authors' code would give it 0 there).
-    """
-    if ft_steps == 1:
-        return torch.tensor([clip_coef])
-    t = torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
-    rise = torch.expm1(rate * t) / math.expm1(rate)
-    return (clip_base + (clip_coef - clip_base) * rise).float()
-
-
-def denoising_discounts(ft_steps: int, gamma_denoising: float) -> Tensor:
-    """``gamma_d^(K' - 1 - i)`` for i = 0 .. K'-1; shape (K',). The step that outputs the action
-    gets 1, earlier (noisier) steps less."""
-    exponents = torch.arange(ft_steps - 1, -1, -1, dtype=torch.float64)
-    return (gamma_denoising**exponents).float()
-
-
-def step_log_prob(
-    x_next: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    chunk: int,
-    chunk_exec: int,
-    std_floor: float | None = None,
-    clamp: tuple[float, float] | None = None,
-) -> Tensor:
-    """DPPO's log-prob of one denoising step: per element, clamped, averaged over the executed
-    part of the chunk.
-
-    ``mean_{t < Ta_exec, d} clamp(log N(x_next; mean, max(std, floor)^2), lo, hi)``.
-
-    Args:
-        x_next, mean, std: (..., A) with A = chunk * Da; std may broadcast.
-        chunk, chunk_exec: Ta and Ta_exec.
-        std_floor: lower bound of the std (None: none). clamp: (lo, hi) or None.
-
-    Returns:
-        (...,) one log-prob per step.
-    """
-    if std_floor is not None:
-        std = std.clamp(min=std_floor)
-    per_element = chains.gaussian_log_density(x_next, mean, std)  # (..., A)
-    if clamp is not None:
-        per_element = per_element.clamp(*clamp)
-    per_action = per_element.unflatten(-1, (chunk, -1))  # (..., Ta, Da)
-    return per_action[..., :chunk_exec, :].mean(dim=(-2, -1))
-
-
-# ----------------------------------------------------------------------------- the policy
-
-
-class DPPOPolicy(nn.Module):
-    """A chain policy split for fine-tuning: the first S - K' steps run ``base``, a frozen copy
-    of the starting network, and the last K' steps run ``actor``, the trainable copy.
-
-    ``act(obs, mode)`` is what evaluation runs: ``zero`` and ``random`` are the underlying
-    policy's own samplers (DDIM eta 0 from x = 0 / the DDPM or DDIM posterior for a
-    diffusion policy; the Euler ODE from x_0 = 0 / from noise for a flow policy), with the
-    frozen copy on the early steps. ``explore`` is the training chain (:meth:`sample_chain`).
-    Observations are normalised once, with the trainable copy's normaliser, for both copies.
-
-    Args:
-        policy: the starting DiffusionPolicy or FlowPolicy (copied twice).
-        ft_steps: K' <= S.
-        flow_noise_std: std of the explore-mode Euler steps of a flow policy.
-        noise_clip: clamp of the standard-normal noise of every sampled step (None: none).
-    """
-
-    def __init__(
-        self,
-        policy: ChainPolicy,
-        ft_steps: int,
-        flow_noise_std: float = 0.05,
-        noise_clip: float | None = 3.0,
-    ) -> None:
-        super().__init__()
-        self.base = copy.deepcopy(policy).requires_grad_(False)
-        self.actor = copy.deepcopy(policy).requires_grad_(True)
-        self.is_flow = isinstance(policy, FlowPolicy)
-        self.num_steps = policy.flow_steps if self.is_flow else policy.num_sampling_steps("random")
-        if not 1 <= ft_steps <= self.num_steps:
-            raise ValueError(
-                f"need 1 <= ft_denoising_steps <= {self.num_steps} (the policy's chain), "
-                f"got {ft_steps}"
-            )
-        self.ft_steps = ft_steps
-        self.first_trainable_step = self.num_steps - ft_steps
-        self.flow_noise_std = flow_noise_std
-        self.noise_clip = noise_clip
-        # What a policy file needs to rebuild it (flowpolicy.policy_io rebuilds the nested
-        # policy first; the weights of both copies then come from the state dict).
-        self.init_kwargs: dict[str, Any] = {
-            "policy": {"class": type(policy).__name__, "init_kwargs": dict(policy.init_kwargs)},
-            "ft_steps": ft_steps,
-            "flow_noise_std": flow_noise_std,
-            "noise_clip": noise_clip,
-        }
-
-    @property
-    def obs_norm(self) -> nn.Module:
-        return self.actor.obs_norm
-
-    @property
-    def chunk(self) -> int:
-        return self.actor.chunk
-
-    @property
-    def chunk_exec(self) -> int:
-        return self.actor.chunk_exec
-
-    @property
-    def obs_dim(self) -> int:
-        return self.actor.obs_dim
-
-    @property
-    def action_dim(self) -> int:
-        return self.actor.action_dim
-
-    def network_for(self, step: int) -> ChainPolicy:
-        """The copy that runs chain step ``step``: frozen before S - K', trainable from it."""
-        return self.actor if step >= self.first_trainable_step else self.base
-
-    def step_gaussian(
-        self, obs_normalised: Tensor, x: Tensor, step: int, mode: ChainMode
-    ) -> tuple[Tensor, Tensor]:
-        """Mean and std (no floors) of chain step ``step`` (0 .. S-1) from its input x (B, A)."""
-        net = self.network_for(step)
-        if not self.is_flow:
-            return net.step_gaussian(
-                obs_normalised, x, step, "zero" if mode == "zero" else "random"
-            )
-        sigma = self.flow_noise_std if mode == "explore" else 0.0
-        return chains.euler_step_gaussian(
-            lambda x_k, tau: net.velocity(obs_normalised, x_k, tau),
-            lambda x_k, _tau: torch.full_like(x_k, sigma),
-            x,
-            step,
-            self.num_steps,
-        )
-
-    def sample_chain(
-        self, obs: Tensor, mode: ChainMode, std_floor: float | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the whole chain for raw observations (B, Do).
-
-        ``x_{j+1} = mean_j + max(std_j, floor) * clamp(n_j, -c, c)``, n_j ~ N(0, I), from
-        x_0 = 0 (``zero``) or noise; ``zero`` adds no noise at all.
-
-        Returns:
-            chain (S+1, B, A), and the unfloored means (S, B, A) and stds (S, B, A).
-        """
-        obs_normalised = self.obs_norm(obs)
-        initial: SampleMode = "zero" if mode == "zero" else "random"
-        x = self.actor.initial_noise(obs.shape[0], initial, obs.device)
-        chain, means, stds = [x], [], []
-        for step in range(self.num_steps):
-            mean, std = self.step_gaussian(obs_normalised, x, step, mode)
-            if mode == "zero":
-                x = mean
-            else:
-                noise = torch.randn_like(mean)
-                if self.noise_clip is not None:
-                    noise = noise.clamp(-self.noise_clip, self.noise_clip)
-                x = mean + (std if std_floor is None else std.clamp(min=std_floor)) * noise
-            chain.append(x)
-            means.append(mean)
-            stds.append(std)
-        return torch.stack(chain), torch.stack(means), torch.stack(stds)
-
-    def env_action(self, raw_action: Tensor) -> Tensor:
-        """Raw chunk (B, A) -> executed env actions (B, Ta_exec * Da)."""
-        return self.actor.env_action(raw_action)
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, mode: SampleMode = "random") -> Tensor:
-        """Env actions (B, Ta_exec * Da) for raw observations (B, Do)."""
-        chain, _, _ = self.sample_chain(obs, mode)
-        return self.env_action(chain[-1])
 
 
 # ----------------------------------------------------------------------------- the critic
@@ -474,12 +271,7 @@ class DPPO:
         self.policy = DPPOPolicy(
             policy, config.ft_denoising_steps, config.flow_noise_std, config.noise_clip
         )
-        if config.critic_residual:
-            self.critic: nn.Module = ResidualValueNet(
-                obs_dim, config.critic_hidden, config.critic_activation
-            )
-        else:
-            self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
+        self.critic = config.build_critic(obs_dim)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
         self.actor_optimizer = torch.optim.AdamW(
             self.policy.actor.parameters(), lr=config.actor_lr, weight_decay=0.0
@@ -513,32 +305,21 @@ class DPPO:
     def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> ChainPolicy:
         """A fresh policy built from the config (training from scratch)."""
         cfg = self.config
-        common = dict(
+        if cfg.is_flow:
+            return cfg.build_actor(obs_dim, action_low, action_high)
+        return DiffusionPolicy(
+            obs_dim,
+            action_low,
+            action_high,
             chunk=cfg.chunk,
             chunk_exec=cfg.chunk_exec,
             network=cfg.actor_network,
             hidden=cfg.actor_hidden,
             time_dim=cfg.time_dim,
             activation=cfg.actor_activation,
-        )
-        if cfg.is_flow:
-            return FlowPolicy(
-                obs_dim,
-                action_low,
-                action_high,
-                flow_steps=cfg.flow_steps,
-                output_scale=1.0,
-                squash="clip",
-                **common,
-            )
-        return DiffusionPolicy(
-            obs_dim,
-            action_low,
-            action_high,
             denoising_steps=cfg.denoising_steps,
             ddim_steps=cfg.ddim_steps,
             ddim_eta=cfg.ddim_eta,
-            **common,
         )
 
     @property

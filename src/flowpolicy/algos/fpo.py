@@ -42,20 +42,22 @@ from torch import Tensor
 
 from flowpolicy import flows
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, ValueCriticConfig
+from flowpolicy.algos.onpolicy import straight_through_clamp, trust_region_objective
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import (
     check_on_policy_config,
     require_non_negative,
     require_positive,
+    require_range,
 )
 from flowpolicy.buffers import RolloutBatch
-from flowpolicy.critics import ValueNet
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Squash
 
 
 @dataclass(frozen=True)
-class FPOConfig:
+class FPOConfig(ValueCriticConfig, FlowActorConfig, OnPolicyConfig):
     """FPO. Algorithmic defaults are the paper's (K 10, M 8, clip 0.05, eps-MSE, tau on the
     sampling grid, 4x32 SiLU actor with output scale 0.25, vf coef 0.25, no gradient clip);
     the data regime and critic are those of our Gaussian PPO (8 envs x 256 steps, 32
@@ -67,11 +69,16 @@ class FPOConfig:
     n_samples_per_action 8, policy_mlp_output_scale 0.25, eps-MSE, tau on the grid,
     value_loss_coeff 0.25) and networks.py (SiLU)."""
 
+    # The rollout sizes, flow policy and value network are the blocks' (config_blocks.py);
+    # re-declared here where FPO's defaults or notes differ.
     # --- rollout and PPO ---
-    num_envs: int = 8
-    """parallel environments."""
-    num_steps: int = 256
-    """steps per env per rollout; the batch is num_envs * num_steps."""
+    norm_adv: bool = True
+    """standardise advantages."""
+    clip_coef: float = 0.05
+    """trust-region clip c on the CFM ratio (0.05 beat 0.1 and 0.2 in the paper)."""
+    vf_coef: float = 0.25
+    max_grad_norm: float | None = None
+    """global gradient-norm clip (None: no clipping, as in the FPO code)."""
     learning_rate: float = 3e-4
     """learning rate of the actor (and of the critic unless critic_learning_rate is set)."""
     critic_learning_rate: float | None = None
@@ -84,52 +91,21 @@ class FPOConfig:
     """Adam (FPO) or AdamW (FPO++)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    gamma: float = 0.99
-    """discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    num_minibatches: int = 32
-    """minibatches per epoch; must divide the batch."""
-    update_epochs: int = 10
-    """passes over each batch."""
-    norm_adv: bool = True
-    """standardise advantages."""
     norm_adv_over: Literal["minibatch", "rollout"] = "minibatch"
     """standardise per minibatch (CleanRL, FPO) or once over the rollout (FPO++'s released
     locomotion code)."""
-    clip_coef: float = 0.05
-    """trust-region clip c on the CFM ratio (0.05 beat 0.1 and 0.2 in the paper)."""
     clip_vloss: bool = False
     """clip the value update around the old values."""
-    vf_coef: float = 0.25
-    """value loss coefficient."""
-    max_grad_norm: float | None = None
-    """global gradient-norm clip (None: no clipping, as in the FPO code)."""
-    scale_rewards: bool = True
-    """divide rewards by the running std of the discounted return."""
     critic_warmup_iterations: int = 0
     """first iterations that train only the value network (fpo-control's fine-tuning: 1)."""
-    # --- flow policy ---
-    flow_steps: int = 10
-    """K Euler steps of the sampler."""
+    # --- flow policy and critic ---
     chunk: int = 1
-    """Ta, actions per policy sample."""
     chunk_exec: int = 1
-    """Ta_exec <= Ta, actions executed per policy sample."""
-    actor_hidden: tuple[int, ...] = (32, 32, 32, 32)
-    """hidden sizes of the velocity network."""
-    actor_activation: Activation = "silu"
-    """hidden activation of the velocity network."""
-    time_dim: int = 8
-    """size of the Fourier features of flow time."""
     output_scale: float = 0.25
-    """scale of the velocity network's output."""
     squash: Squash = "tanh"
     """how raw actions are bounded for the env: tanh (FPO) or clip."""
     critic_hidden: tuple[int, ...] = (64, 64)
-    """hidden sizes of the value network."""
     critic_activation: Activation = "tanh"
-    """hidden activation of the value network."""
     # --- the FPO ratio ---
     mc_samples: int = 8
     """M, (tau, eps) pairs per action."""
@@ -165,39 +141,26 @@ class FPOConfig:
     """iterations before the EMA starts averaging (until then it copies the live weights, so
     evaluation sees them; FPO++: 500)."""
 
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
-
     def __post_init__(self) -> None:
         check_on_policy_config(self)
-        require_positive(self, "flow_steps", "mc_samples", "chunk", "chunk_exec", "time_dim")
-        require_non_negative(
-            self, "critic_warmup_iterations", "action_noise_std", "ema_start_iterations"
-        )
-        if self.chunk_exec > self.chunk:
-            raise ValueError(
-                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
-                "only execute actions the policy produced."
-            )
-        if not 0.0 <= self.tau_min < self.tau_max <= 1.0:
-            raise ValueError(
-                f"need 0 <= tau_min < tau_max <= 1, got {self.tau_min} and {self.tau_max}."
-            )
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}.")
+        self.check_flow_actor()
         require_positive(
             self,
+            "mc_samples",
             "cfm_loss_clamp",
             "logratio_clamp",
             "advantage_clamp",
             "per_sample_logratio_clamp",
             "critic_learning_rate",
         )
+        require_non_negative(
+            self, "critic_warmup_iterations", "action_noise_std", "ema_start_iterations"
+        )
+        require_range(self, "ema_decay", 0.0, 1.0, open_high=True)
+        if not 0.0 <= self.tau_min < self.tau_max <= 1.0:
+            raise ValueError(
+                f"need 0 <= tau_min < tau_max <= 1, got {self.tau_min} and {self.tau_max}."
+            )
 
 
 def fpo_plus_plus(**overrides: object) -> FPOConfig:
@@ -288,28 +251,6 @@ def fpo_finetune(**overrides: object) -> FPOConfig:
     return FPOConfig(**(preset | overrides))
 
 
-def trust_region_objective(
-    ratio: Tensor, advantages: Tensor, clip_coef: float, mode: Literal["ppo", "aspo"]
-) -> Tensor:
-    """Per-sample objective to maximise; ratio and advantages broadcast together.
-
-    ppo:  min(r A, clip(r, 1 - c, 1 + c) A)
-    aspo: the PPO term where A >= 0, and SPO's ``r A - |A| (r - 1)^2 / (2 c)`` where A < 0
-          (a smooth quadratic penalty instead of a hard clip for bad actions).
-    """
-    ppo = torch.min(ratio * advantages, ratio.clamp(1 - clip_coef, 1 + clip_coef) * advantages)
-    if mode == "ppo":
-        return ppo
-    spo = ratio * advantages - advantages.abs() / (2 * clip_coef) * (ratio - 1).square()
-    return torch.where(advantages >= 0, ppo, spo)
-
-
-def straight_through_clamp(x: Tensor, upper: float) -> Tensor:
-    """Clamp the value from above at ``upper`` but pass the gradient as if unclamped (FPO++
-    bounds only large ratios: a very negative log-ratio gives a ratio near 0, which is safe)."""
-    return x + (x.clamp(max=upper) - x).detach()
-
-
 class FPO:
     """FPO / FPO++ on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per batch."""
 
@@ -327,9 +268,9 @@ class FPO:
         self.policy = (
             copy.deepcopy(policy)
             if policy is not None
-            else self._new_policy(obs_dim, action_low, action_high)
+            else config.build_actor(obs_dim, action_low, action_high)
         )
-        self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
+        self.critic = config.build_critic(obs_dim)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
         actor, critic = list(self.policy.parameters()), list(self.critic.parameters())
         if config.critic_learning_rate is None:  # one group: one lr, one gradient clip
@@ -347,23 +288,6 @@ class FPO:
         self.optimizer = optimizer_class(groups, eps=1e-5, weight_decay=config.weight_decay)
         self.ema_policy = copy.deepcopy(self.policy) if config.ema_decay is not None else None
         self.optimizer_steps = 0
-
-    def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> FlowPolicy:
-        """A fresh flow policy built from the config (training from scratch)."""
-        config = self.config
-        return FlowPolicy(
-            obs_dim,
-            action_low,
-            action_high,
-            chunk=config.chunk,
-            chunk_exec=config.chunk_exec,
-            flow_steps=config.flow_steps,
-            hidden=config.actor_hidden,
-            time_dim=config.time_dim,
-            activation=config.actor_activation,
-            output_scale=config.output_scale,
-            squash=config.squash,
-        )
 
     @property
     def iterations(self) -> int:

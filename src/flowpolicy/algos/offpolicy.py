@@ -1,6 +1,8 @@
 """Pieces the iteration-batched off-policy methods (RLDT, QAM) share: the Q ensemble and its
-optimiser, the critic's TD steps on replayed trajectory segments, the member split, the check of a pretrained policy, and running
-means of metrics. Each algorithm file keeps only what is its own (its actor update).
+optimiser, the critic's TD steps on replayed trajectory segments, the member split, the check
+of a pretrained policy, running means of metrics, and :class:`OffPolicyAlgorithm`, the part of
+both algorithms around their actor updates (policy, critic, replay, reward scale, critic rounds,
+the rounds schedule, state). Each algorithm file keeps only what is its own (its actor update).
 
 One critic step (:func:`critic_steps`) on segments (S, T) of the replay:
 
@@ -24,11 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowpolicy import flows
 from flowpolicy.algos.onpolicy import optimizer_step
-from flowpolicy.buffers import TrajectoryBatch
+from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QEnsemble, QReduction
 from flowpolicy.errors import UserError
-from flowpolicy.returns import td_lambda_targets
+from flowpolicy.policies import FlowPolicy
+from flowpolicy.returns import reward_scale_from_ema, td_lambda_targets, update_abs_reward_ema
 
 
 @dataclass(frozen=True)
@@ -261,3 +265,163 @@ class RunningMeans:
 
     def result(self) -> dict[str, float]:
         return {name: total / self.weights[name] for name, total in self.sums.items()}
+
+
+class OffPolicyAlgorithm:
+    """The part of RLDT and QAM around their actor updates, written once.
+
+    It holds the flow policy (``policy``), the Q ensemble over (s, executed chunk) with its
+    optimiser (``critic``, ``critic_optimizer``) and TD-target settings (``td_settings``), the
+    FIFO trajectory replay (``replay``) and the running mean |r| that scales rewards
+    (``reward_ema``); it stores each iteration's trajectories (:meth:`store`), runs critic
+    rounds (:meth:`critic_round`) and the rounds schedule (:meth:`rounds`), and saves and
+    restores all of it with the actor's optimiser. A subclass adds its actor:
+    ``actor_optimizer``, :meth:`critic_input`, :meth:`round_actor_step`, ``act`` and
+    ``update``.
+
+    Args:
+        obs_dim: Do. action_low, action_high: env bounds, (Da,) each.
+        config: hyper-parameters: an :class:`~flowpolicy.algos.config_blocks.OffPolicyConfig`
+            and a :class:`~flowpolicy.algos.config_blocks.FlowActorConfig`.
+        policy: a pretrained flow policy to fine-tune (used as given: pass a copy); None builds
+            one from the config (training from scratch).
+    """
+
+    actor_optimizer: torch.optim.Optimizer
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_low: Tensor,
+        action_high: Tensor,
+        config: Any,
+        policy: FlowPolicy | None = None,
+    ) -> None:
+        self.config = config
+        if policy is None:
+            policy = config.build_actor(obs_dim, action_low, action_high)
+        else:
+            check_initial_policy(policy, obs_dim, config, type(self).__name__)
+        self.policy = policy
+        self.executed_dim = config.chunk_exec * policy.action_dim
+        self.critic, self.critic_optimizer = q_ensemble_and_optimizer(
+            obs_dim, self.executed_dim, config
+        )
+        self.td_settings = TDSettings(
+            config.chunk_gamma,
+            config.td_lambda,
+            config.target_reduction,
+            config.pessimism,
+            config.bootstrap_clip,
+        )
+        self.replay = TrajectoryReplay(config.replay_iterations)
+        self.reward_ema: float | None = None
+        self.iterations = 0
+
+    @property
+    def eval_policy(self) -> FlowPolicy:
+        """The policy that evaluation runs and checkpoints export: the fine-tuned flow (zero
+        mode = deterministic Euler from x_0 = 0)."""
+        return self.policy
+
+    def critic_input(self, raw: Tensor) -> Tensor:
+        """Raw chunks (..., A) or their executed part -> what the critic sees (..., A_exec)."""
+        raise NotImplementedError
+
+    def round_actor_step(self, data: TrajectoryBatch, step: int) -> dict[str, Tensor | float]:
+        """Actor step ``step`` of a round on the round's segments; returns its metrics."""
+        raise NotImplementedError
+
+    def _sample(
+        self, obs_normalised: Tensor, return_chain: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Random-sampling Euler chains of the current policy for normalised obs (B, Do): the
+        actions (B, A), with ``return_chain`` also the chain (K + 1, B, A)."""
+        x0 = self.policy.initial_noise(obs_normalised.shape[0], "random", obs_normalised.device)
+        return flows.euler_sample(
+            lambda x, tau: self.policy.velocity(obs_normalised, x, tau),
+            x0,
+            self.policy.flow_steps,
+            return_chain,
+        )
+
+    def store(self, batch: RolloutBatch) -> tuple[int, float]:
+        """Add the iteration's trajectories, with their recorded ``action``, to the replay.
+
+        Returns the number of fresh segments and the reward scale of the iteration: one over
+        the EMA of the batch mean |r|, updated with these rewards, or the fixed reward_scale.
+        """
+        cfg = self.config
+        fresh = TrajectoryBatch.from_rollout(batch, batch.records["action"])
+        self.replay.add(fresh)
+        if cfg.reward_ema_rate is None:
+            return len(fresh), cfg.reward_scale
+        self.reward_ema = update_abs_reward_ema(self.reward_ema, batch.rewards, cfg.reward_ema_rate)
+        return len(fresh), reward_scale_from_ema(self.reward_ema)
+
+    def rounds(self, fresh: int, reward_scale: float, train_actor: bool) -> RunningMeans:
+        """The rounds schedule: ``rounds`` times {critic steps, actor steps}, each round on as
+        many replayed segments as there are ``fresh`` ones, at least ``min_fresh_fraction`` of
+        them from the newest iteration. Returns the running means of every step's metrics."""
+        cfg = self.config
+        means = RunningMeans()
+        for _ in range(cfg.rounds):
+            data = self.replay.sample_round(fresh, cfg.min_fresh_fraction)
+            for metrics in self.critic_round(data, reward_scale, cfg.critic_steps_per_round):
+                means.add(metrics)
+            if train_actor:
+                for step in range(cfg.actor_steps_per_round):
+                    means.add(self.round_actor_step(data, step))
+        return means
+
+    def critic_round(
+        self, data: TrajectoryBatch, reward_scale: float, steps: int
+    ) -> list[dict[str, Tensor]]:
+        """``steps`` critic steps (:func:`critic_steps`) on segments (S, T) of the replay
+        (one-step segments: random transitions).
+
+        The bootstrap actions at s' are fresh actions of the current policy, drawn once per
+        round; the targets are recomputed at every step from the moving target critics. With
+        ``critic_split`` disjoint, member e trains on segments ``e, e + E, ..``.
+        """
+        cfg = self.config
+        members = segment_members(len(data), cfg.critic_members, data.obs.device)
+        batch = CriticData.from_segments(
+            data,
+            self.policy.obs_norm,
+            self.critic_input(data.actions),
+            reward_scale,
+            members if cfg.critic_split == "disjoint" else None,
+        )
+        next_actions = fresh_actions(
+            lambda obs: self.critic_input(self._sample(obs)), batch.next_obs, cfg.bootstrap_actions
+        )  # (M, S*T, A_exec)
+        return critic_steps(
+            self.critic,
+            self.critic_optimizer,
+            batch,
+            next_actions,
+            steps,
+            self.td_settings,
+            cfg.critic_max_grad_norm,
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "replay": self.replay.state_dict(),
+            "reward_ema": self.reward_ema,
+            "iterations": self.iterations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
+        load_optimizer_state(self.actor_optimizer, state["actor_optimizer"])
+        self.replay.load_state_dict(state["replay"])
+        self.reward_ema = state["reward_ema"]
+        self.iterations = state["iterations"]

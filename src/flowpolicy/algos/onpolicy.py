@@ -1,13 +1,14 @@
-"""Pieces every PPO-family method shares: reward scaling, advantages, the value loss,
-minibatching, the guarded optimiser step. Each algorithm file stays readable top to bottom
-and only spells out what is its own (the ratio and the surrogate)."""
+"""Pieces every PPO-family method shares: reward scaling, advantages, the value loss, the
+trust-region objectives (PPO's clip and FPO++'s ASPO), minibatching, the guarded optimiser
+step. Each algorithm file stays readable top to bottom and only spells out what is its own
+(the ratio and the surrogate)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +83,28 @@ def value_loss(
     return 0.5 * torch.max(unclipped, (clipped_values - returns).square()).mean()
 
 
+def trust_region_objective(
+    ratio: Tensor, advantages: Tensor, clip_coef: float, mode: Literal["ppo", "aspo"]
+) -> Tensor:
+    """Per-sample objective to maximise; ratio and advantages broadcast together.
+
+    ppo:  min(r A, clip(r, 1 - c, 1 + c) A)
+    aspo: the PPO term where A >= 0, and SPO's ``r A - |A| (r - 1)^2 / (2 c)`` where A < 0
+          (a smooth quadratic penalty instead of a hard clip for bad actions).
+    """
+    ppo = torch.min(ratio * advantages, ratio.clamp(1 - clip_coef, 1 + clip_coef) * advantages)
+    if mode == "ppo":
+        return ppo
+    spo = ratio * advantages - advantages.abs() / (2 * clip_coef) * (ratio - 1).square()
+    return torch.where(advantages >= 0, ppo, spo)
+
+
+def straight_through_clamp(x: Tensor, upper: float) -> Tensor:
+    """Clamp the value from above at ``upper`` but pass the gradient as if unclamped (FPO++
+    bounds only large ratios: a very negative log-ratio gives a ratio near 0, which is safe)."""
+    return x + (x.clamp(max=upper) - x).detach()
+
+
 def normalize_advantages(advantages: Tensor) -> Tensor:
     """Per-minibatch standardisation (CleanRL); a single-sample batch is left unchanged."""
     if advantages.numel() < 2:
@@ -130,6 +153,20 @@ def optimizer_step(
 def annealed_lr(learning_rate: float, progress: float, anneal: bool) -> float:
     """Linear decay from ``learning_rate`` to 0 over the run (CleanRL ``anneal_lr``)."""
     return learning_rate * (1.0 - progress) if anneal else learning_rate
+
+
+def cosine_restarts_lr(iteration: int, peak: float, floor: float, cycle: int, warmup: int) -> float:
+    """Learning rate of ``iteration`` (0-based) under cosine annealing with warm restarts.
+
+    Within a cycle at position ``c = iteration mod cycle``: linear from ``floor`` to ``peak``
+    for ``c < warmup``, then ``floor + (peak - floor) (1 + cos(pi (c - warmup) / (cycle -
+    warmup))) / 2`` (the scheduler DPPO and ReinFlow use, with cycle_mult = gamma = 1).
+    """
+    position = iteration % cycle
+    if position < warmup:
+        return floor + (peak - floor) * position / warmup
+    angle = math.pi * (position - warmup) / (cycle - warmup)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(angle))
 
 
 def explained_variance(predicted: Tensor, target: Tensor) -> float:

@@ -40,7 +40,6 @@ members.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -49,39 +48,34 @@ import torch
 from torch import Tensor, nn
 
 from flowpolicy import flows
-from flowpolicy.algos.offpolicy import (
-    CriticData,
-    RunningMeans,
-    TDSettings,
-    check_initial_policy,
-    critic_steps,
-    fresh_actions,
-    load_optimizer_state,
-    q_ensemble_and_optimizer,
-    segment_members,
+from flowpolicy.algos.adjoint import (
+    adjoint_matching_loss,
+    lean_adjoint,
+    memoryless_sde,
+    sde_sigmas,
 )
+from flowpolicy.algos.config_blocks import FlowActorConfig, OffPolicyConfig
+from flowpolicy.algos.offpolicy import OffPolicyAlgorithm, RunningMeans
 from flowpolicy.algos.onpolicy import optimizer_step
-from flowpolicy.algos.rldt import RLDTConfig, constraint_loss
+from flowpolicy.algos.qam_rldt import RLDTPortConfig, qam_rldt, random_states
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
+from flowpolicy.algos.transport import constraint_loss
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
-from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
+from flowpolicy.buffers import RolloutBatch, TrajectoryBatch
 from flowpolicy.critics import QReduction
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
-from flowpolicy.returns import reward_scale_from_ema, update_abs_reward_ema
 
 ActionGradient = Callable[[Tensor, Tensor], Tensor]
 """``grad_a Q`` at the critic's inputs: normalised obs (B, Do), squashed executed chunks
 (B, A_exec) -> (B, A_exec)."""
 
 Base = Literal["bc", "ema"]
-Schedule = Literal["utd", "rounds"]
-CriticSplit = Literal["all", "disjoint"]
 Exploration = Literal["euler", "sde"]
 
 
 @dataclass(frozen=True)
-class QAMConfig:
+class QAMConfig(RLDTPortConfig, FlowActorConfig, OffPolicyConfig):
     """QAM. Defaults are the authors'; their experiment scripts cover OGBench only (per-task
     beta 1-30), with no Gym locomotion settings.
 
@@ -98,6 +92,8 @@ class QAMConfig:
     shrinks the work to about 2.6 hours per 100k env steps (see there).
     """
 
+    # The rollout, critic and data regime are OffPolicyConfig's (re-declared here with QAM's
+    # defaults), the switches of the RLDT authors' port are RLDTPortConfig's (qam_rldt.py).
     # --- rollout ---
     num_envs: int = 10
     """parallel environments (the authors act in one env and update after every env step)."""
@@ -106,8 +102,6 @@ class QAMConfig:
     gamma: float = 0.99
     """discount per env step; a chunk of Ta_exec actions is discounted by gamma ** Ta_exec (the
     authors' n-step backup) unless discount_per_chunk."""
-    discount_per_chunk: bool = False
-    """gamma is the discount per executed chunk (RLDT's convention) instead of per env step."""
     # --- flow policy (built only when no pretrained policy is given) ---
     flow_steps: int = 10
     """K, steps of the sampler and of the memoryless SDE (authors: 10)."""
@@ -135,11 +129,8 @@ class QAMConfig:
     critic_layer_norm: bool = True
     """LayerNorm in each hidden layer of the Q members (authors: on)."""
     critic_init_std: float | None = None
-    """std of the N(0, std^2) init of the Q members' weights (None: orthogonal init)."""
     critic_lr: float = 3e-4
     """learning rate of the critic (AdamW; authors: Adam 3e-4)."""
-    critic_weight_decay: float = 0.0
-    """AdamW weight decay of the critic."""
     critic_max_grad_norm: float | None = 1.0
     """clip the critic's gradient norm (authors: 1, jointly with the actor); None: no clipping."""
     target_decay: float = 0.995
@@ -152,8 +143,6 @@ class QAMConfig:
     """fresh policy actions at s' that the bootstrap value averages over (authors: 1)."""
     td_lambda: float = 0.0
     """lambda of the TD(lambda) targets over replayed segments (1-step on random transitions)."""
-    critic_split: CriticSplit = "all"
-    """every member on every row (authors) or members on disjoint trajectories (RLDT)."""
     reward_ema_rate: float | None = None
     """divide rewards by an EMA (this rate) of the batch mean |r| (RLDT); None: reward_scale."""
     reward_scale: float = 1.0
@@ -161,8 +150,6 @@ class QAMConfig:
     bootstrap_clip: tuple[float, float] | None = None
     """clip the bootstrap values Qbar into [low, high]; None: no clip."""
     # --- data regime ---
-    schedule: Schedule = "utd"
-    """utd: critic + actor steps on random replay transitions (authors); rounds: RLDT's rounds."""
     utd_ratio: float = 1.0
     """utd: critic + actor gradient steps per env step collected (authors: 1 per executed action)."""
     batch_size: int = 256
@@ -171,14 +158,6 @@ class QAMConfig:
     """iterations of trajectories kept in the FIFO replay (default: 1M env steps, the authors')."""
     critic_warmup_iterations: int = 1
     """first iterations that train only the critic (the authors' critic was pretrained offline)."""
-    rounds: int = 8
-    """rounds: rounds of {critic steps, actor steps} per iteration."""
-    critic_steps: int = 256
-    """rounds: full-batch critic steps per iteration, split evenly over the rounds."""
-    actor_steps: int = 32
-    """rounds: actor steps per iteration, split evenly over the rounds."""
-    min_fresh_fraction: float = 1 / 3
-    """rounds: least share of the newest iteration's trajectories in every round."""
     # --- adjoint matching ---
     beta: float = 0.3
     """inverse temperature of the target pi_beta exp(beta Q) (authors: 0.3 default, 1-30 per task)."""
@@ -186,10 +165,6 @@ class QAMConfig:
     """base field f_beta: bc = flow matching on the replay with a Polyak target (authors), ema = per-iteration EMA of the actor (RLDT port)."""
     base_target_rate: float = 0.005
     """bc: Polyak rate of the base's target per actor step (authors: tau 0.005)."""
-    base_ema_decay: float = 0.995
-    """ema: base <- decay * base + (1 - decay) * actor after every iteration (RLDT port)."""
-    velocity_coef: float = 0.0
-    """weight of a velocity MSE of the actor to the base at interpolants of its own actions (RLDT port: 0.2)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor and the bc base (authors: 3e-4)."""
     actor_max_grad_norm: float | None = 1.0
@@ -199,97 +174,23 @@ class QAMConfig:
     """training-rollout actions: euler = the fine-tuned flow from random noise (authors), sde = the memoryless SDE."""
 
     def __post_init__(self) -> None:
-        require_positive(
-            self,
-            "num_envs",
-            "num_steps",
-            "flow_steps",
-            "chunk",
-            "chunk_exec",
-            "time_dim",
-            "critic_members",
-            "critic_lr",
-            "critic_max_grad_norm",
-            "bootstrap_actions",
-            "utd_ratio",
-            "batch_size",
-            "replay_iterations",
-            "rounds",
-            "critic_steps",
-            "actor_lr",
-            "actor_max_grad_norm",
-            "critic_init_std",
-            "reward_scale",
-        )
-        require_range(self, "gamma", 0.0, 1.0)
-        require_range(self, "td_lambda", 0.0, 1.0)
-        require_range(self, "min_fresh_fraction", 1e-9, 1.0)
+        self.check_off_policy()
+        self.check_flow_actor()
+        self.check_rldt_port()
+        require_positive(self, "utd_ratio", "batch_size", "actor_lr", "actor_max_grad_norm")
         require_range(self, "base_target_rate", 1e-9, 1.0)
-        for name in ("target_decay", "base_ema_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(
-                    f"QAMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}."
-                )
-        require_non_negative(
-            self,
-            "critic_weight_decay",
-            "pessimism",
-            "beta",
-            "velocity_coef",
-            "critic_warmup_iterations",
-            "actor_steps",
-        )
-        if self.reward_ema_rate is not None:
-            require_range(self, "reward_ema_rate", 1e-9, 1.0)
-        if self.chunk_exec > self.chunk:
-            raise ValueError(
-                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
-                "only execute actions the policy produced."
-            )
+        require_non_negative(self, "beta")
         if self.flow_steps < 2:
             raise ValueError(
                 f"QAM needs flow_steps >= 2 (K - 1 SDE steps and a last Euler step), got "
                 f"{self.flow_steps}."
             )
-        if self.schedule == "rounds":
-            for name in ("critic_steps", "actor_steps"):
-                if getattr(self, name) % self.rounds:
-                    raise ValueError(
-                        f"QAMConfig.{name} = {getattr(self, name)} does not split evenly into "
-                        f"rounds = {self.rounds}; pass a multiple of --rounds."
-                    )
-        if self.critic_split == "disjoint":
-            rows, what = (
-                (self.num_envs, "num_envs")
-                if self.schedule == "rounds"
-                else (self.batch_size, "batch_size")
-            )
-            if rows < self.critic_members:
-                raise ValueError(
-                    f"{what} ({rows}) must be >= critic_members ({self.critic_members}) with "
-                    "critic_split disjoint: each member trains on its own trajectories."
-                )
-        if self.bootstrap_clip is not None and not self.bootstrap_clip[0] < self.bootstrap_clip[1]:
-            raise ValueError(f"bootstrap_clip needs low < high, got {self.bootstrap_clip}.")
-
-    @property
-    def chunk_gamma(self) -> float:
-        """The discount of one executed chunk (one vector step of the loop)."""
-        return self.gamma if self.discount_per_chunk else self.gamma**self.chunk_exec
 
     @property
     def gradient_steps_per_iteration(self) -> int:
         """utd: critic + actor steps per iteration, ``utd_ratio`` per env step collected."""
         env_steps = self.num_envs * self.num_steps * self.chunk_exec
         return max(1, round(self.utd_ratio * env_steps))
-
-    @property
-    def critic_steps_per_round(self) -> int:
-        return self.critic_steps // self.rounds
-
-    @property
-    def actor_steps_per_round(self) -> int:
-        return self.actor_steps // self.rounds
 
 
 def qam_cpu(**overrides: object) -> QAMConfig:
@@ -313,181 +214,7 @@ def qam_cpu(**overrides: object) -> QAMConfig:
     return QAMConfig(**(preset | overrides))
 
 
-def qam_rldt(**overrides: object) -> QAMConfig:
-    """The RLDT authors' port of QAM (their baseline): base = per-iteration EMA (0.995) of the
-    fine-tuned actor starting from the pretrained one, no BC loss, velocity MSE to the base
-    (0.2), beta 0.3, and RLDT's critic and data regime taken from :class:`RLDTConfig`'s
-    defaults (2 members, min target, TD(lambda) on rounds of trajectory segments, reward EMA,
-    K = 8, chunk 4). Keyword overrides win.
-
-    Source: RPFey/rldt at commit add6029182ae2598e4eb62037e8b4b8ec8a38ac9,
-    cfg/gym/finetune/hopper-v2/ft_qam_flowmatching_mlp.yaml and
-    agent/finetune/train_fm_qam_agent.py (policy_ema_tau 0.995, kl_coef 0.2 on the velocity
-    difference, inv_temp 0.3)."""
-    rldt = RLDTConfig()
-    preset = dict(
-        base="ema",
-        base_ema_decay=0.995,
-        velocity_coef=0.2,
-        beta=0.3,
-        schedule="rounds",
-        batch_size=1024,
-        critic_split="disjoint",
-        discount_per_chunk=True,
-        critic_max_grad_norm=None,
-        critic_layer_norm=rldt.critic_layer_norm,
-        critic_weight_decay=rldt.critic_weight_decay,
-    )
-    shared = (
-        "num_envs",
-        "num_steps",
-        "gamma",
-        "flow_steps",
-        "chunk",
-        "chunk_exec",
-        "critic_members",
-        "critic_hidden",
-        "critic_activation",
-        "critic_init_std",
-        "critic_lr",
-        "target_decay",
-        "target_reduction",
-        "bootstrap_actions",
-        "td_lambda",
-        "reward_ema_rate",
-        "replay_iterations",
-        "min_fresh_fraction",
-        "critic_warmup_iterations",
-        "rounds",
-        "critic_steps",
-        "actor_steps",
-    )
-    preset |= {name: getattr(rldt, name) for name in shared}
-    return QAMConfig(**(preset | overrides))
-
-
-# ----------------------------------------------------------------------------- the math
-
-
-def sde_sigmas(flow_steps: int, device: torch.device | None = None) -> Tensor:
-    """Noise scales of the memoryless SDE, ``sigma_i = sqrt(2 (1 - tau_i + h) / (tau_i + h))``
-    on :func:`flowpolicy.flows.time_grid`, ``h = 1 / K``; shape (K,)."""
-    tau = flows.time_grid(flow_steps, device)
-    h = 1.0 / flow_steps
-    return torch.sqrt(2.0 * (1.0 - tau + h) / (tau + h))
-
-
-def memoryless_sde(
-    fine: flows.VelocityFn,
-    base: flows.VelocityFn,
-    x0: Tensor,
-    flow_steps: int,
-    noise: Tensor | None = None,
-    return_fields: bool = False,
-) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-    """The memoryless SDE's chain with the fine-tuned field and a last Euler step of the base.
-
-    ``x_{i+1} = x_i + h (2 f(x_i, tau_i) - x_i / (tau_i + h)) + sqrt(h) sigma_i n_i`` for
-    i < K - 1, then ``x_K = x_{K-1} + h f_beta(x_{K-1}, tau_{K-1})``. No gradient flows along
-    the chain.
-
-    With ``return_fields`` it also returns both fields at every ``(x_i, tau_i)``, i < K, which
-    the adjoint-matching loss needs: the SDE evaluates ``f_theta`` there anyway, so the
-    loss reuses those values and their graphs (when called with gradients enabled) instead of
-    evaluating ``f_theta`` a second time, and ``f_beta`` at the last step serves both the Euler
-    step and the loss.
-
-    Args:
-        fine: ``f_theta(x (B, A), tau (B,))``. base: ``f_beta``, same signature.
-        x0: (B, A) the start, ``N(0, I)`` noise.
-        flow_steps: K >= 2.
-        noise: (K - 1, B, A) the ``n_i``; default fresh ``N(0, I)`` draws.
-        return_fields: also return the fields along the chain.
-
-    Returns:
-        The chain ``x_0 .. x_K``, (K + 1, B, A); with ``return_fields`` also ``f_theta`` at
-        ``(x_i, tau_i)``, (K, B, A), with whatever graph ``fine`` builds, and ``f_beta`` there,
-        (K, B, A), without gradient.
-    """
-    grid = flows.time_grid(flow_steps, x0.device)
-    sigmas = sde_sigmas(flow_steps, x0.device)
-    h = 1.0 / flow_steps
-    x = x0.detach()
-    chain = [x]
-    fine_values: list[Tensor] = []
-    base_values: list[Tensor] = []
-    for i in range(flow_steps):
-        tau = grid[i].expand(x.shape[0])
-        if i < flow_steps - 1:
-            n = torch.randn_like(x) if noise is None else noise[i]
-            velocity = fine(x, tau)
-            if return_fields:
-                fine_values.append(velocity)
-                with torch.no_grad():
-                    base_values.append(base(x, tau))
-            drift = 2.0 * velocity.detach() - x / (grid[i] + h)
-            x = x + h * drift + math.sqrt(h) * sigmas[i] * n
-        else:  # the released code ends with a plain Euler step of the base field
-            with torch.no_grad():
-                base_velocity = base(x, tau)
-            if return_fields:
-                fine_values.append(fine(x, tau))
-                base_values.append(base_velocity)
-            x = x + h * base_velocity
-        chain.append(x)
-    if return_fields:
-        return torch.stack(chain), torch.stack(fine_values), torch.stack(base_values)
-    return torch.stack(chain)
-
-
-def lean_adjoint(
-    base: flows.VelocityFn, chain: Tensor, terminal: Tensor, flow_steps: int
-) -> Tensor:
-    """The lean adjoint states ``adj_0 .. adj_{K-1}``, backwards along a chain.
-
-    ``adj_i = adj_{i+1} + h J_x[2 f_beta(x, tau_i + h) - x / (tau_i + h)]^T adj_{i+1}`` at
-    ``x = x_i``: one vector-Jacobian product of the base field per step (the released code's
-    ``jax.vjp``), no gradient to any parameter.
-
-    Args:
-        base: ``f_beta(x (B, A), tau (B,))``.
-        chain: (K + 1, B, A) ``x_0 .. x_K``; only ``x_0 .. x_{K-1}`` are used.
-        terminal: (B, A) ``adj_K``.
-        flow_steps: K.
-
-    Returns:
-        (K, B, A), row i is ``adj_i``.
-    """
-    grid = flows.time_grid(flow_steps, chain.device).to(chain.dtype)
-    h = 1.0 / flow_steps
-    adjoint = terminal.detach()
-    adjoints = [adjoint] * flow_steps
-    for i in reversed(range(flow_steps)):
-        tau_next = (grid[i] + h).expand(chain.shape[1])
-        with torch.enable_grad():
-            x = chain[i].detach().requires_grad_(True)
-            drift = 2.0 * base(x, tau_next) - x / tau_next.unsqueeze(-1)
-            (vjp,) = torch.autograd.grad(drift, x, grad_outputs=adjoint)
-        adjoint = adjoint + h * vjp
-        adjoints[i] = adjoint
-    return torch.stack(adjoints)
-
-
-def adjoint_matching_loss(
-    fine_velocity: Tensor, base_velocity: Tensor, adjoints: Tensor, sigmas: Tensor
-) -> Tensor:
-    """``sum_i || (2 / sigma_i) (f_theta - f_beta)(x_i, tau_i) + sigma_i adj_i ||^2`` per state.
-
-    Args:
-        fine_velocity: (K, B, A) ``f_theta`` at the chain's ``x_i``, with gradient.
-        base_velocity: (K, B, A) ``f_beta`` there. adjoints: (K, B, A). sigmas: (K,).
-
-    Returns:
-        (B,) the loss of each state, summed over steps and the chunk.
-    """
-    sigma = sigmas.view(-1, 1, 1)
-    residual = (2.0 / sigma) * (fine_velocity - base_velocity.detach()) + sigma * adjoints.detach()
-    return residual.square().sum(dim=(0, 2))
+# ----------------------------------------------------------------------------- helpers
 
 
 def squashed(policy: FlowPolicy, raw: Tensor) -> Tensor:
@@ -515,7 +242,7 @@ def polyak_(target: FlowPolicy, online: FlowPolicy, rate: float) -> None:
 # ----------------------------------------------------------------------------- the algorithm
 
 
-class QAM:
+class QAM(OffPolicyAlgorithm):
     """QAM on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per iteration.
 
     Networks: ``policy`` (``f_theta``, trained, evaluated and exported), ``base`` (``f_beta``,
@@ -530,6 +257,8 @@ class QAM:
             one from the config (training from scratch).
     """
 
+    config: QAMConfig
+
     def __init__(
         self,
         obs_dim: int,
@@ -538,56 +267,22 @@ class QAM:
         config: QAMConfig,
         policy: FlowPolicy | None = None,
     ) -> None:
-        self.config = config
-        if policy is None:
-            policy = FlowPolicy(
-                obs_dim,
-                action_low,
-                action_high,
-                chunk=config.chunk,
-                chunk_exec=config.chunk_exec,
-                flow_steps=config.flow_steps,
-                network=config.actor_network,
-                hidden=config.actor_hidden,
-                time_dim=config.time_dim,
-                activation=config.actor_activation,
-                output_scale=1.0,
-                squash=config.squash,
-            )
-        else:
-            check_initial_policy(policy, obs_dim, config, "QAM")
-        self.policy = policy
-        self.base = copy.deepcopy(policy).requires_grad_(False)
-        self.bc_policy = copy.deepcopy(policy) if config.base == "bc" else None
-        self.executed_dim = config.chunk_exec * policy.action_dim
-        self.critic, self.critic_optimizer = q_ensemble_and_optimizer(
-            obs_dim, self.executed_dim, config
-        )
+        super().__init__(obs_dim, action_low, action_high, config, policy)
+        self.base = copy.deepcopy(self.policy).requires_grad_(False)
+        self.bc_policy = copy.deepcopy(self.policy) if config.base == "bc" else None
         # fused: one kernel instead of a loop of small ops per tensor (see the critic's).
         self.actor_optimizer = torch.optim.Adam(
             self.actor_parameters(), lr=config.actor_lr, fused=True
         )
-        self.td_settings = TDSettings(
-            config.chunk_gamma,
-            config.td_lambda,
-            config.target_reduction,
-            config.pessimism,
-            config.bootstrap_clip,
-        )
-        self.replay = TrajectoryReplay(config.replay_iterations)
-        self.reward_ema: float | None = None
-        self.iterations = 0
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """The fine-tuned field's parameters, and the bc base's (one optimiser, one clip)."""
         modules = [self.policy] + ([self.bc_policy] if self.bc_policy is not None else [])
         return [p for module in modules for p in module.parameters()]
 
-    @property
-    def eval_policy(self) -> FlowPolicy:
-        """The policy that evaluation runs and checkpoints export: the fine-tuned flow
-        (zero mode = deterministic Euler from x_0 = 0)."""
-        return self.policy
+    def critic_input(self, raw: Tensor) -> Tensor:
+        """Raw chunks (..., A) -> what the critic sees: the squashed executed part (..., A_exec)."""
+        return squashed(self.policy, raw[..., : self.executed_dim])
 
     # ------------------------------------------------------------------------- sampling
 
@@ -602,12 +297,6 @@ class QAM:
 
         return fine, base
 
-    def _sample(self, obs_normalised: Tensor) -> Tensor:
-        """Random-sampling Euler actions (B, A) of the fine-tuned flow."""
-        x0 = self.policy.initial_noise(obs_normalised.shape[0], "random", obs_normalised.device)
-        fine, _ = self._fields(obs_normalised)
-        return flows.euler_sample(fine, x0, self.policy.flow_steps)
-
     def _sde_chain(
         self, obs_normalised: Tensor, return_fields: bool = False
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
@@ -616,10 +305,6 @@ class QAM:
         x0 = self.policy.initial_noise(obs_normalised.shape[0], "random", obs_normalised.device)
         fine, base = self._fields(obs_normalised)
         return memoryless_sde(fine, base, x0, self.policy.flow_steps, return_fields=return_fields)
-
-    def critic_input(self, raw: Tensor) -> Tensor:
-        """Raw chunks (..., A) -> what the critic sees: the squashed executed part (..., A_exec)."""
-        return squashed(self.policy, raw[..., : self.executed_dim])
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -641,35 +326,20 @@ class QAM:
         """Store the iteration's trajectories, then run the critic and actor steps of the
         schedule. Returns the mean of every step's metrics plus ``charts/`` values."""
         cfg = self.config
-        fresh = TrajectoryBatch.from_rollout(batch, batch.records["action"])
-        self.replay.add(fresh)
-        if cfg.reward_ema_rate is not None:
-            self.reward_ema = update_abs_reward_ema(
-                self.reward_ema, batch.rewards, cfg.reward_ema_rate
-            )
-            reward_scale = reward_scale_from_ema(self.reward_ema)
-        else:
-            reward_scale = cfg.reward_scale
+        fresh, reward_scale = self.store(batch)
         train_actor = self.iterations >= cfg.critic_warmup_iterations
-        means = RunningMeans()
-        if cfg.schedule == "utd":
+        if cfg.schedule == "rounds":  # the RLDT port's schedule
+            means = self.rounds(fresh, reward_scale, train_actor)
+        else:
+            means = RunningMeans()
             for _ in range(cfg.gradient_steps_per_iteration):
                 data = self.replay.sample_transitions(cfg.batch_size)  # (B, 1, ...)
                 for metrics in self.critic_round(data, reward_scale, 1):
                     means.add(metrics)
                 if train_actor:
                     means.add(self.actor_step(data.obs[:, 0], data.actions[:, 0]))
-        else:
-            for _ in range(cfg.rounds):
-                data = self.replay.sample_round(len(fresh), cfg.min_fresh_fraction)
-                for metrics in self.critic_round(data, reward_scale, cfg.critic_steps_per_round):
-                    means.add(metrics)
-                if train_actor:
-                    for _ in range(cfg.actor_steps_per_round):
-                        obs, actions = random_states(data, cfg.batch_size)
-                        means.add(self.actor_step(obs, actions))
         self.iterations += 1
-        if cfg.base == "ema":
+        if cfg.base == "ema":  # the RLDT port's base: an EMA of the actor
             polyak_(self.base, self.policy, 1.0 - cfg.base_ema_decay)
         self.policy.obs_norm.update(batch.obs)
         return means.result() | {
@@ -677,32 +347,10 @@ class QAM:
             "charts/replay_segments": float(len(self.replay)),
         }
 
-    def critic_round(
-        self, data: TrajectoryBatch, reward_scale: float, steps: int
-    ) -> list[dict[str, Tensor]]:
-        """``steps`` critic steps on segments (S, T) of the replay (one-step segments: random
-        transitions), bootstrapping with fresh actions of the fine-tuned policy at s'."""
-        cfg = self.config
-        members = segment_members(len(data), cfg.critic_members, data.obs.device)
-        batch = CriticData.from_segments(
-            data,
-            self.policy.obs_norm,
-            self.critic_input(data.actions),
-            reward_scale,
-            members if cfg.critic_split == "disjoint" else None,
-        )
-        next_actions = fresh_actions(
-            lambda obs: self.critic_input(self._sample(obs)), batch.next_obs, cfg.bootstrap_actions
-        )  # (M, S*T, A_exec)
-        return critic_steps(
-            self.critic,
-            self.critic_optimizer,
-            batch,
-            next_actions,
-            steps,
-            self.td_settings,
-            cfg.critic_max_grad_norm,
-        )
+    def round_actor_step(self, data: TrajectoryBatch, step: int) -> dict[str, Tensor | float]:
+        """Rounds schedule (RLDT port): an actor step on ``batch_size`` random states of the
+        round, with their stored chunks for the bc base."""
+        return self.actor_step(*random_states(data, self.config.batch_size))
 
     def actor_step(
         self,
@@ -801,40 +449,16 @@ class QAM:
     # ------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
+        return super().state_dict() | {
             "base": self.base.state_dict(),
             "bc_policy": None if self.bc_policy is None else self.bc_policy.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "replay": self.replay.state_dict(),
-            "reward_ema": self.reward_ema,
-            "iterations": self.iterations,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        super().load_state_dict(state)
         self.base.load_state_dict(state["base"])
         if self.bc_policy is not None:
             self.bc_policy.load_state_dict(state["bc_policy"])
-        self.critic.load_state_dict(state["critic"])
-        load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
-        load_optimizer_state(self.actor_optimizer, state["actor_optimizer"])
-        self.replay.load_state_dict(state["replay"])
-        self.reward_ema = state["reward_ema"]
-        self.iterations = state["iterations"]
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def random_states(data: TrajectoryBatch, count: int) -> tuple[Tensor, Tensor]:
-    """``count`` random (with replacement) raw observations (B, Do) and stored chunks (B, A)
-    of a round's segments, for one actor step of the rounds schedule."""
-    obs, actions = data.obs.flatten(0, 1), data.actions.flatten(0, 1)
-    index = torch.randint(obs.shape[0], (count,), device=obs.device)
-    return obs[index], actions[index]
 
 
 # ----------------------------------------------------------------------------- registration

@@ -45,22 +45,27 @@ flat chunk size, ``Do`` observation size; a chain is (K+1, B, A), stored per ste
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowpolicy import chains, flows
 from flowpolicy.algos import onpolicy
-from flowpolicy.algos.fpo import trust_region_objective
+from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, ValueCriticConfig
+from flowpolicy.algos.onpolicy import cosine_restarts_lr, trust_region_objective
+from flowpolicy.algos.reinflow_noise import NoiseNet, noise_upper_bound
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
-from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
+from flowpolicy.algos.validation import (
+    require_interval,
+    require_non_negative,
+    require_positive,
+    require_range,
+)
 from flowpolicy.buffers import RolloutBatch
-from flowpolicy.critics import ValueNet
-from flowpolicy.nets import Activation, SinusoidalTimeEmbedding, mlp, sinusoidal_embedding
-from flowpolicy.policies import FlowPolicy, Squash
+from flowpolicy.nets import Activation, SinusoidalTimeEmbedding, sinusoidal_embedding
+from flowpolicy.policies import FlowPolicy, Network, Squash
 
 ClampMode = Literal["mean", "iterate"]
 LRSchedule = Literal["cosine_restarts", "constant"]
@@ -74,7 +79,7 @@ ITERATE_BOUND = 1.0
 
 
 @dataclass(frozen=True)
-class ReinFlowConfig:
+class ReinFlowConfig(ValueCriticConfig, FlowActorConfig, OnPolicyConfig):
     """ReinFlow. Defaults: the authors' Hopper-v2 fine-tuning config (DPPO's Gym protocol with
     ReinFlow's learning rates, noise range and entropy bonus).
 
@@ -82,11 +87,21 @@ class ReinFlowConfig:
     cfg/gym/finetune/hopper-v2/ft_ppo_reflow_mlp.yaml (40 envs x 500 steps, actor lr 4.5e-5,
     critic lr 6.5e-4, noise std 0.10-0.24, entropy coef 0.03, 4 flow steps, clip 0.01)."""
 
+    # The rollout sizes, flow policy and value network are the blocks' (config_blocks.py);
+    # re-declared here where ReinFlow's defaults or notes differ.
     # --- rollout and PPO ---
     num_envs: int = 40
-    """parallel environments."""
     num_steps: int = 500
     """chunk steps per env per iteration; the batch is num_envs * num_steps."""
+    gamma: float = 0.99
+    """discount per chunk step."""
+    num_minibatches: int = 4
+    """minibatches per epoch; must divide the batch (4 x 5 epochs = the authors' 20 steps)."""
+    update_epochs: int = 5
+    clip_coef: float = 0.01
+    """PPO clip c on the chain ratio."""
+    max_grad_norm: float | None = None
+    """global gradient-norm clip (None: no clipping, as on the authors' Gym configs)."""
     actor_lr: float = 4.5e-5
     """AdamW learning rate of the velocity and noise networks (the cycle's peak)."""
     critic_lr: float = 6.5e-4
@@ -105,30 +120,12 @@ class ReinFlowConfig:
     """AdamW weight decay of the actor."""
     critic_weight_decay: float = 1e-5
     """AdamW weight decay of the critic."""
-    gamma: float = 0.99
-    """discount per chunk step."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    num_minibatches: int = 4
-    """minibatches per epoch; must divide the batch (4 x 5 epochs = the authors' 20 steps)."""
-    update_epochs: int = 5
-    """passes over each batch."""
-    norm_adv: bool = True
-    """standardise advantages per minibatch."""
-    clip_coef: float = 0.01
-    """PPO clip c on the chain ratio."""
     clip_vloss: bool = False
     """clip the value update around the old values (with clip_coef)."""
-    vf_coef: float = 0.5
-    """value loss coefficient."""
     ent_coef: float = 0.03
     """coefficient of the normalised chain entropy bonus."""
     bc_coef: float = 0.0
     """coefficient of the W2 regulariser towards the frozen initial policy (0: off; authors' ablation: 0.1)."""
-    max_grad_norm: float | None = None
-    """global gradient-norm clip (None: no clipping, as on the authors' Gym configs)."""
-    scale_rewards: bool = True
-    """divide rewards by the running std of the discounted return."""
     # --- the noise network and the chain ---
     min_std: float = 0.10
     """lower bound of the noise std (Ant/Humanoid: 0.08)."""
@@ -153,30 +150,13 @@ class ReinFlowConfig:
     # --- flow policy (only when training from scratch; --init brings its own) ---
     flow_steps: int = 4
     """K Euler steps."""
-    chunk: int = 4
-    """Ta, actions per policy sample."""
-    chunk_exec: int = 4
-    """Ta_exec <= Ta, actions executed per policy sample."""
+    actor_network: ClassVar[Network] = "residual"  # not an option: ReinFlow's is residual
     actor_hidden: tuple[int, ...] = (512, 512, 512)
     """hidden sizes of the residual velocity network (1 + 2 * blocks equal widths)."""
     actor_activation: Activation = "relu"
-    """hidden activation of the velocity network."""
     time_dim: int = 16
     """size of the velocity network's learned time embedding."""
     squash: Squash = "clip"
-    """how raw actions are bounded for the env."""
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    """hidden sizes of the value network."""
-    critic_activation: Activation = "mish"
-    """hidden activation of the value network."""
-
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
 
     @property
     def decayed_max_std(self) -> float:
@@ -184,46 +164,29 @@ class ReinFlowConfig:
         return self.min_std + self.noise_decay_ratio * (self.max_std - self.min_std)
 
     def __post_init__(self) -> None:
+        self.check_rollout()
+        self.check_flow_actor()
         require_positive(
             self,
-            "num_envs",
-            "num_steps",
             "actor_lr",
             "critic_lr",
-            "num_minibatches",
-            "update_epochs",
-            "clip_coef",
             "min_std",
             "max_std",
             "noise_clip",
-            "flow_steps",
-            "chunk",
-            "chunk_exec",
-            "time_dim",
             "lr_cycle_iterations",
             "actor_min_lr",
             "critic_min_lr",
-            "max_grad_norm",
         )
-        require_range(self, "gamma", 0.0, 1.0)
-        require_range(self, "gae_lambda", 0.0, 1.0)
         require_range(self, "noise_hold_fraction", 0.0, 1.0)
         require_range(self, "noise_decay_ratio", 0.0, 1.0)
         require_non_negative(
-            self, "vf_coef", "ent_coef", "bc_coef", "actor_weight_decay", "critic_weight_decay"
+            self, "ent_coef", "bc_coef", "actor_weight_decay", "critic_weight_decay"
         )
+        require_interval(self, "log_prob_clamp")
         if self.min_std >= self.max_std:
             raise ValueError(
                 f"min_std ({self.min_std}) must be smaller than max_std ({self.max_std}): the "
                 "noise network's std lives in [min_std, upper bound]."
-            )
-        low, high = self.log_prob_clamp
-        if not low < high:
-            raise ValueError(f"log_prob_clamp needs low < high, got {self.log_prob_clamp}.")
-        if self.chunk_exec > self.chunk:
-            raise ValueError(
-                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
-                "only execute actions the policy produced."
             )
         if not 0 <= self.lr_warmup_iterations < self.lr_cycle_iterations:
             raise ValueError(
@@ -247,82 +210,7 @@ class ReinFlowConfig:
             )
 
 
-# ----------------------------------------------------------------------------- schedules
-
-
-def noise_upper_bound(progress: float, config: ReinFlowConfig) -> float:
-    """The noise std's upper bound at ``progress`` (fraction of the run) in [0, 1]:
-
-    ``max_std`` while ``progress <= hold``; then
-    ``floor + (max_std - floor) (1 + cos(pi x)) / 2`` with
-    ``x = (progress - hold) / (1 - hold)`` (capped at 1) and
-    ``floor = min_std + noise_decay_ratio (max_std - min_std)``.
-    """
-    hold = config.noise_hold_fraction
-    if progress <= hold:
-        return config.max_std
-    fraction = min(1.0, (progress - hold) / (1.0 - hold))
-    floor = config.decayed_max_std
-    return floor + (config.max_std - floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
-
-
-def cosine_restarts_lr(iteration: int, peak: float, floor: float, cycle: int, warmup: int) -> float:
-    """Learning rate of ``iteration`` (0-based) under cosine annealing with warm restarts.
-
-    Within a cycle at position ``c = iteration mod cycle``: linear from ``floor`` to ``peak``
-    for ``c < warmup``, then ``floor + (peak - floor) (1 + cos(pi (c - warmup) / (cycle -
-    warmup))) / 2`` (the scheduler DPPO and ReinFlow use, with cycle_mult = gamma = 1).
-    """
-    position = iteration % cycle
-    if position < warmup:
-        return floor + (peak - floor) * position / warmup
-    angle = math.pi * (position - warmup) / (cycle - warmup)
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(angle))
-
-
-# ----------------------------------------------------------------------------- noise network
-
-
-class NoiseNet(nn.Module):
-    """``sigma_phi(s, tau)``: an MLP on [time features of tau, normalised obs] -> (B, A) stds.
-
-    The raw output ``u`` becomes ``log sigma^2 = lo + (hi - lo) (tanh(u) + 1) / 2`` with
-    ``lo = log min_std^2`` and ``hi = log upper^2``, so every std lies in ``[min_std, upper]``.
-    The bounds are buffers (saved with the weights); :meth:`set_upper` moves the upper one
-    along the schedule. The last layer starts near zero, so the initial std is about
-    ``sqrt(min_std * upper)`` everywhere.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        action_size: int,
-        hidden: tuple[int, ...],
-        activation: Activation,
-        min_std: float,
-        max_std: float,
-    ) -> None:
-        super().__init__()
-        self.net = mlp(in_dim, action_size, hidden, activation, output_gain=0.01)
-        self.register_buffer("log_var_min", torch.tensor(2.0 * math.log(min_std)))
-        self.register_buffer("log_var_max", torch.tensor(2.0 * math.log(max_std)))
-
-    @property
-    def upper(self) -> float:
-        """The current upper bound of the std."""
-        return float(torch.exp(0.5 * self.log_var_max))
-
-    @torch.no_grad()
-    def set_upper(self, max_std: float) -> None:
-        """Move the upper bound of the std (the schedule's current value)."""
-        self.log_var_max.fill_(2.0 * math.log(max_std))
-
-    def forward(self, time_features: Tensor, obs_normalised: Tensor) -> Tensor:
-        """time_features (B, Dt), obs (B, Do) -> std (B, A) in [min_std, upper]."""
-        raw = self.net(torch.cat([time_features, obs_normalised], dim=-1))
-        unit = 0.5 * (torch.tanh(raw) + 1.0)
-        log_var = self.log_var_min + (self.log_var_max - self.log_var_min) * unit
-        return torch.exp(0.5 * log_var)
+# ----------------------------------------------------------------------------- the chain
 
 
 def _rows(obs: Tensor, rows: int) -> Tensor:
@@ -363,7 +251,7 @@ class ReinFlow:
         self.policy = (
             copy.deepcopy(policy)
             if policy is not None
-            else self._new_policy(obs_dim, action_low, action_high)
+            else config.build_actor(obs_dim, action_low, action_high)
         )
         self.flow_steps = self.policy.flow_steps
         embedding = getattr(self.policy.velocity_net, "time_embedding", None)
@@ -381,7 +269,7 @@ class ReinFlow:
         self.reference = (
             copy.deepcopy(self.policy).requires_grad_(False) if config.bc_coef > 0 else None
         )
-        self.critic = ValueNet(obs_dim, config.critic_hidden, config.critic_activation)
+        self.critic = config.build_critic(obs_dim)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
         actor_parameters = [*self.policy.parameters(), *self.noise_net.parameters()]
         self.parameters = [*actor_parameters, *self.critic.parameters()]
@@ -402,24 +290,6 @@ class ReinFlow:
             ]
         )
         self.iterations = 0
-
-    def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> FlowPolicy:
-        """A fresh flow policy built from the config (training from scratch)."""
-        config = self.config
-        return FlowPolicy(
-            obs_dim,
-            action_low,
-            action_high,
-            chunk=config.chunk,
-            chunk_exec=config.chunk_exec,
-            flow_steps=config.flow_steps,
-            network="residual",
-            hidden=config.actor_hidden,
-            time_dim=config.time_dim,
-            activation=config.actor_activation,
-            output_scale=1.0,
-            squash=config.squash,
-        )
 
     @property
     def eval_policy(self) -> FlowPolicy:

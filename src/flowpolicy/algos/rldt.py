@@ -52,25 +52,21 @@ import torch
 from torch import Tensor
 
 from flowpolicy import flows
-from flowpolicy.algos.offpolicy import (
-    CriticData,
-    RunningMeans,
-    TDSettings,
-    check_initial_policy,
-    critic_steps,
-    fresh_actions,
-    load_optimizer_state,
-    q_ensemble_and_optimizer,
-    segment_members,
-)
+from flowpolicy.algos.config_blocks import FlowActorConfig, OffPolicyConfig
+from flowpolicy.algos.offpolicy import OffPolicyAlgorithm, RunningMeans
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
-from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
-from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
-from flowpolicy.critics import QReduction
+from flowpolicy.algos.transport import (
+    alignment_loss,
+    consistency_loss,
+    constraint_loss,
+    posteriors_at_random_steps,
+    svgd_field,
+)
+from flowpolicy.algos.validation import require_non_negative, require_positive
+from flowpolicy.buffers import RolloutBatch, TrajectoryBatch
 from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
-from flowpolicy.returns import reward_scale_from_ema, update_abs_reward_ema
 
 ActionGradient = Callable[[Tensor, Tensor], Tensor]
 """``grad_a Q``: normalised obs (B, Do), flat chunks (B, A) -> (B, A)."""
@@ -81,7 +77,7 @@ Exploration = Literal["min_extrp", "gaussian", "none"]
 
 
 @dataclass(frozen=True)
-class RLDTConfig:
+class RLDTConfig(FlowActorConfig, OffPolicyConfig):
     """RLDT. Defaults are the authors' Gym fine-tuning settings, except where a 2-core CPU needs
     a smaller data regime (marked CPU below; :func:`rldt_gym` restores the authors' sizes).
 
@@ -90,13 +86,29 @@ class RLDTConfig:
     Q lr 1e-3, 8 particles, SVGD temperature 1e-3, KL coef 0.2, 2 Q members, target momentum
     0.995, 32 actor steps per iteration, gamma 0.99)."""
 
+    # The rollout, critic and data regime are OffPolicyConfig's, whose defaults are RLDT's;
+    # re-declared here: where the authors' values differ (CPU) or are worth stating.
     # --- rollout ---
     num_envs: int = 10
     """parallel environments; one trajectory segment each per iteration (authors: 100; CPU)."""
     num_steps: int = 250
     """vector (chunk) steps per env per iteration (authors: 500; CPU)."""
-    gamma: float = 0.99
-    """discount per executed chunk."""
+    # --- critic ---
+    critic_weight_decay: float = 0.0
+    """AdamW weight decay of the critic (authors: 0)."""
+    td_lambda: float = 0.95
+    """lambda of the TD(lambda) targets (authors: 0 on Gym, 0.5 on Robomimic/Furniture; CPU:
+    with 1-step targets and Polyak 0.995 the value spreads over the ~100-chunk horizon only
+    after ~20k critic steps, more than a 500k-step CPU budget has; docs/rldt.md)."""
+    # --- data regime ---
+    replay_iterations: int = 20
+    """iterations of trajectories kept in the FIFO replay, the newest included (authors: 20)."""
+    rounds: int = 8
+    """rounds of {critic steps, actor steps} per iteration (authors: 16; CPU)."""
+    critic_steps: int = 256
+    """critic steps per iteration, split evenly over the rounds (authors: 512; CPU)."""
+    actor_steps: int = 32
+    """actor steps per iteration, split evenly over the rounds (authors: 32)."""
     # --- flow policy (built only when no pretrained policy is given) ---
     flow_steps: int = 8
     """K Euler steps of the sampler (authors: 8 on Gym and Robomimic, 32 on Furniture)."""
@@ -116,52 +128,6 @@ class RLDTConfig:
     """scale of a from-scratch velocity network's output."""
     squash: Squash = "clip"
     """how a from-scratch policy's raw actions are bounded for the env (authors: clip)."""
-    # --- critic ---
-    critic_members: int = 2
-    """E, Q-ensemble members."""
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    """hidden sizes of each Q member."""
-    critic_activation: Activation = "silu"
-    """hidden activation of each Q member."""
-    critic_layer_norm: bool = False
-    """LayerNorm after each hidden layer of the Q members."""
-    critic_init_std: float | None = 0.1
-    """std of the N(0, std^2) init of the Q members' weights (None: orthogonal init)."""
-    critic_lr: float = 1e-3
-    """AdamW learning rate of the critic."""
-    critic_weight_decay: float = 0.0
-    """AdamW weight decay of the critic (authors: 0)."""
-    target_decay: float = 0.995
-    """Polyak factor m of the target critics per critic step: Qbar <- m Qbar + (1 - m) Q."""
-    target_reduction: QReduction = "min"
-    """how target members combine: min (RLDT), mean, or pessimistic = mean - pessimism * std."""
-    pessimism: float = 0.5
-    """rho of the pessimistic target reduction."""
-    bootstrap_actions: int = 2
-    """fresh policy actions at s' that the bootstrap value averages over."""
-    td_lambda: float = 0.95
-    """lambda of the TD(lambda) targets (authors: 0 on Gym, 0.5 on Robomimic/Furniture; CPU:
-    with 1-step targets and Polyak 0.995 the value spreads over the ~100-chunk horizon only
-    after ~20k critic steps, more than a 500k-step CPU budget has; docs/rldt.md)."""
-    reward_ema_rate: float | None = 0.01
-    """divide rewards by an EMA (this rate) of the batch mean |r|; None: use reward_scale."""
-    reward_scale: float = 1.0
-    """fixed reward multiplier, used only when reward_ema_rate is None."""
-    bootstrap_clip: tuple[float, float] | None = None
-    """clip the bootstrap values Qbar into [low, high] (sparse 0/1 tasks: 0 1); None: no clip."""
-    # --- data regime ---
-    replay_iterations: int = 20
-    """iterations of trajectories kept in the FIFO replay, the newest included (authors: 20)."""
-    min_fresh_fraction: float = 1 / 3
-    """least share of the newest iteration's trajectories in every round."""
-    critic_warmup_iterations: int = 2
-    """first iterations that train only the critic."""
-    rounds: int = 8
-    """rounds of {critic steps, actor steps} per iteration (authors: 16; CPU)."""
-    critic_steps: int = 256
-    """critic steps per iteration, split evenly over the rounds (authors: 512; CPU)."""
-    actor_steps: int = 32
-    """actor steps per iteration, split evenly over the rounds (authors: 32)."""
     # --- transport update ---
     num_particles: int = 8
     """P, particles (full policy chains) per state."""
@@ -194,64 +160,19 @@ class RLDTConfig:
     """std of the gaussian exploration noise."""
 
     def __post_init__(self) -> None:
+        self.check_off_policy()
+        self.check_flow_actor()
         require_positive(
             self,
-            "num_envs",
-            "num_steps",
-            "flow_steps",
-            "chunk",
-            "chunk_exec",
-            "time_dim",
-            "critic_members",
-            "critic_lr",
-            "bootstrap_actions",
-            "replay_iterations",
-            "rounds",
-            "critic_steps",
             "num_particles",
             "actor_lr",
             "actor_warmup_steps",
             "actor_chunk_states",
-            "critic_init_std",
             "rbf_bandwidth",
-            "reward_scale",
         )
-        require_range(self, "gamma", 0.0, 1.0)
-        require_range(self, "td_lambda", 0.0, 1.0)
-        if not 0.0 <= self.target_decay < 1.0:
-            raise ValueError(
-                f"RLDTConfig.target_decay must be in [0, 1), got {self.target_decay!r}."
-            )
-        require_range(self, "min_fresh_fraction", 1e-9, 1.0)
         require_non_negative(
-            self,
-            "critic_weight_decay",
-            "pessimism",
-            "svgd_temperature",
-            "action_noise_std",
-            "consistency_coef",
-            "constraint_coef",
-            "critic_warmup_iterations",
-            "actor_steps",
+            self, "svgd_temperature", "action_noise_std", "consistency_coef", "constraint_coef"
         )
-        if self.reward_ema_rate is not None:
-            require_range(self, "reward_ema_rate", 1e-9, 1.0)
-        if self.chunk_exec > self.chunk:
-            raise ValueError(
-                f"chunk_exec ({self.chunk_exec}) cannot exceed chunk ({self.chunk}): the env can "
-                "only execute actions the policy produced."
-            )
-        for name in ("critic_steps", "actor_steps"):
-            if getattr(self, name) % self.rounds:
-                raise ValueError(
-                    f"RLDTConfig.{name} = {getattr(self, name)} does not split evenly into "
-                    f"rounds = {self.rounds}; pass a multiple of --rounds."
-                )
-        if self.num_envs < self.critic_members:
-            raise ValueError(
-                f"num_envs ({self.num_envs}) must be >= critic_members ({self.critic_members}): "
-                "each critic member trains on its own trajectories."
-            )
         if self.field != "delta" and self.num_particles < 2:
             raise ValueError(
                 f"the {self.field} field needs num_particles >= 2, got {self.num_particles}."
@@ -262,16 +183,6 @@ class RLDTConfig:
                 f"{self.min_extrp_step}. The authors explore from the last two steps (6 of 8, "
                 f"30 of 32): pass --min-extrp-step {max(self.flow_steps - 2, 0)}."
             )
-        if self.bootstrap_clip is not None and not self.bootstrap_clip[0] < self.bootstrap_clip[1]:
-            raise ValueError(f"bootstrap_clip needs low < high, got {self.bootstrap_clip}.")
-
-    @property
-    def critic_steps_per_round(self) -> int:
-        return self.critic_steps // self.rounds
-
-    @property
-    def actor_steps_per_round(self) -> int:
-        return self.actor_steps // self.rounds
 
 
 def rldt_gym(**overrides: object) -> RLDTConfig:
@@ -287,142 +198,13 @@ def rldt_gym(**overrides: object) -> RLDTConfig:
     return RLDTConfig(**(preset | overrides))
 
 
-# ----------------------------------------------------------------------------- the field
-
-
-def svgd_field(
-    query: Tensor,
-    centres: Tensor,
-    grads: Tensor,
-    temperature: float,
-    adaptive_temperature: bool = True,
-    bandwidth: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The SVGD transport direction at each query, per state.
-
-    ``d_ij = ||q_i - a_j||^2``; ``h_i = median_j d_ij / (2 log(P + 1))`` (the lower median for
-    even P, as ``torch.median`` and the released code) unless ``bandwidth`` is fixed;
-    ``k_ij = exp(-d_ij / (2 h_i))``; ``alpha = temperature * mean_j ||g_j||`` per state when
-    adaptive, else ``temperature``;
-
-        phi_i = (1/P) sum_j [ k_ij g_j + alpha k_ij (q_i - a_j) / h_i ].
-
-    Args:
-        query: (S, Q, A) points where the field is evaluated (the expected posteriors).
-        centres: (S, P, A) kernel centres (the particles' final actions).
-        grads: (S, P, A) ``grad_a Q`` at the centres.
-        temperature: repulsion temperature (the authors' 1e-3).
-        adaptive_temperature: scale it by the state's mean gradient norm.
-        bandwidth: fixed h, or None for the median heuristic.
-
-    Returns:
-        phi (S, Q, A) and diagnostics (means over the batch).
-    """
-    num_centres = centres.shape[1]
-    difference = query.unsqueeze(2) - centres.unsqueeze(1)  # (S, Q, P, A)
-    sq_distance = difference.square().sum(-1)  # (S, Q, P)
-    if bandwidth is None:
-        median = sq_distance.median(dim=-1, keepdim=True).values  # (S, Q, 1)
-        h = median / (2.0 * math.log(num_centres + 1))
-    else:
-        h = torch.full_like(sq_distance[..., :1], bandwidth)
-    h = h.clamp(min=1e-8)
-    kernel = torch.exp(-sq_distance / (2.0 * h))  # (S, Q, P)
-    grad_norm = grads.norm(dim=-1)  # (S, P)
-    if adaptive_temperature:
-        alpha = temperature * grad_norm.mean(dim=-1).view(-1, 1, 1)  # (S, 1, 1)
-    else:
-        alpha = torch.full_like(h[:, :1], temperature)
-    attraction = kernel @ grads  # (S, Q, A)
-    repulsion = (kernel.unsqueeze(-1) * difference).sum(dim=2) / h  # (S, Q, A)
-    phi = (attraction + alpha * repulsion) / num_centres
-    metrics = {
-        "policy/grad_q_norm": grad_norm.mean(),
-        "policy/temperature": alpha.mean(),
-        "policy/bandwidth": h.mean(),
-        "policy/attraction_norm": (attraction / num_centres).norm(dim=-1).mean(),
-        "policy/repulsion_norm": (alpha * repulsion / num_centres).norm(dim=-1).mean(),
-    }
-    return phi, metrics
-
-
-# ----------------------------------------------------------------------------- the losses
-
-
-def alignment_loss(velocity: Tensor, field: Tensor, tau: Tensor, flow_steps: int) -> Tensor:
-    """``-E[ <v_theta(x_tau, tau), phi> / (K (1 - tau)) ]``.
-
-    Its gradient equals that of the regression ``0.5 ||v - sg(v + phi / (K (1 - tau)))||^2``:
-    the velocity is pulled towards the one that moves the expected posterior along phi.
-
-    Args:
-        velocity: (B, A) with gradient. field: (B, A) phi, no gradient. tau: (B,), < 1.
-        flow_steps: K.
-    """
-    weight = 1.0 / (flow_steps * (1.0 - tau))
-    return -((velocity * field.detach()).sum(-1) * weight).mean()
-
-
-def consistency_loss(
-    x_tau: Tensor, velocity: Tensor, tau: Tensor, final: Tensor, flow_steps: int
-) -> Tensor:
-    """``E || x_tau + (1 - tau) v_theta - a ||^2 / (K (1 - tau))^2`` with ``a`` the final action
-    of the same chain: the expected posterior stays an honest proxy of the sampled action.
-
-    Args:
-        x_tau, velocity, final: (B, A). tau: (B,). flow_steps: K.
-    """
-    posterior = flows.expected_posterior(x_tau, velocity, tau)
-    scale = (flow_steps * (1.0 - tau)).square()
-    return ((posterior - final.detach()).square().sum(-1) / scale).mean()
-
-
-def constraint_loss(
-    policy: FlowPolicy, reference: FlowPolicy, obs_normalised: Tensor, actions: Tensor
-) -> Tensor:
-    """``E || v_theta(x', tau') - v_ref(x', tau') ||^2`` at ``x' = (1 - tau') eps + tau' a``,
-    tau' on the sampling grid (a time-weighted Fisher divergence between the two flows).
-
-    Args:
-        policy: the trained policy. reference: the reference policy (no gradient).
-        obs_normalised: (B, Do), used by both fields. actions: (B, A) the particles' actions.
-    """
-    flow_steps = policy.flow_steps
-    tau = flows.sample_tau((actions.shape[0],), "grid", flow_steps, device=actions.device)
-    x = flows.interpolate(actions.detach(), torch.randn_like(actions), tau)
-    velocity = policy.velocity(obs_normalised, x, tau)
-    with torch.no_grad():
-        reference_velocity = reference.velocity(obs_normalised, x, tau)
-    return (velocity - reference_velocity).square().sum(-1).mean()
-
-
-def posteriors_at_random_steps(
-    velocity: flows.VelocityFn, chain: Tensor, flow_steps: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One random step per particle of its own chain, and the expected posterior there.
-
-    Args:
-        velocity: ``v(x (B, A), tau (B,))``; called once, its output keeps its gradient.
-        chain: (K + 1, B, A) Euler iterates ``x_0 .. x_K``.
-        flow_steps: K.
-
-    Returns:
-        ``x_k`` (B, A), ``tau = k / K`` (B,), ``v(x_k, tau)`` (B, A) and
-        ``a_dagger = x_k + (1 - tau) v`` (B, A, no gradient).
-    """
-    batch = chain.shape[1]
-    step = torch.randint(0, flow_steps, (batch,), device=chain.device)
-    x_k = chain[step, torch.arange(batch, device=chain.device)]
-    tau = step.float() / flow_steps
-    v = velocity(x_k, tau)
-    return x_k, tau, v, flows.expected_posterior(x_k, v.detach(), tau)
-
-
 # ----------------------------------------------------------------------------- the algorithm
 
 
-class RLDT:
-    """RLDT on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per iteration.
+class RLDT(OffPolicyAlgorithm):
+    """RLDT on a :class:`FlowPolicy`: ``act`` during rollouts, ``update`` per iteration. The
+    policy, Q ensemble, replay, critic rounds and state it shares with QAM are
+    :class:`~flowpolicy.algos.offpolicy.OffPolicyAlgorithm`'s; here is its actor.
 
     Args:
         obs_dim: Do. action_low, action_high: env bounds, (Da,) each.
@@ -430,6 +212,8 @@ class RLDT:
         policy: a pretrained flow policy to fine-tune (used as given: pass a copy); None builds
             one from the config (training from scratch).
     """
+
+    config: RLDTConfig
 
     def __init__(
         self,
@@ -439,30 +223,8 @@ class RLDT:
         config: RLDTConfig,
         policy: FlowPolicy | None = None,
     ) -> None:
-        self.config = config
-        if policy is None:
-            policy = FlowPolicy(
-                obs_dim,
-                action_low,
-                action_high,
-                chunk=config.chunk,
-                chunk_exec=config.chunk_exec,
-                flow_steps=config.flow_steps,
-                network=config.actor_network,
-                hidden=config.actor_hidden,
-                time_dim=config.time_dim,
-                activation=config.actor_activation,
-                output_scale=config.output_scale,
-                squash=config.squash,
-            )
-        else:
-            check_initial_policy(policy, obs_dim, config, "RLDT")
-        self.policy = policy
-        self.reference = copy.deepcopy(policy).requires_grad_(False)
-        self.executed_dim = config.chunk_exec * policy.action_dim
-        self.critic, self.critic_optimizer = q_ensemble_and_optimizer(
-            obs_dim, self.executed_dim, config
-        )
+        super().__init__(obs_dim, action_low, action_high, config, policy)
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.actor_scheduler = torch.optim.lr_scheduler.LinearLR(
             self.actor_optimizer,
@@ -470,28 +232,13 @@ class RLDT:
             end_factor=1.0,
             total_iters=config.actor_warmup_steps,
         )
-        self.replay = TrajectoryReplay(config.replay_iterations)
-        self.reward_ema: float | None = None
-        self.iterations = 0
 
-    @property
-    def eval_policy(self) -> FlowPolicy:
-        """The policy that evaluation runs and checkpoints export."""
-        return self.policy
+    def critic_input(self, raw: Tensor) -> Tensor:
+        """Raw chunks (..., A) -> their executed part (..., A_exec): RLDT's critic sees raw
+        (pre-squash) actions."""
+        return raw[..., : self.executed_dim]
 
     # ------------------------------------------------------------------------- sampling
-
-    def _sample(
-        self, obs_normalised: Tensor, return_chain: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Random-sampling Euler chains of the current policy for normalised obs (B, Do)."""
-        x0 = self.policy.initial_noise(obs_normalised.shape[0], "random", obs_normalised.device)
-        return flows.euler_sample(
-            lambda x, tau: self.policy.velocity(obs_normalised, x, tau),
-            x0,
-            self.policy.flow_steps,
-            return_chain,
-        )
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -537,24 +284,9 @@ class RLDT:
         Returns the mean of every step's metrics plus ``charts/`` values of the iteration.
         """
         cfg = self.config
-        fresh = TrajectoryBatch.from_rollout(batch, batch.records["action"])
-        self.replay.add(fresh)
-        if cfg.reward_ema_rate is not None:
-            self.reward_ema = update_abs_reward_ema(
-                self.reward_ema, batch.rewards, cfg.reward_ema_rate
-            )
-            reward_scale = reward_scale_from_ema(self.reward_ema)
-        else:
-            reward_scale = cfg.reward_scale
+        fresh, reward_scale = self.store(batch)
         train_actor = self.iterations >= cfg.critic_warmup_iterations
-        means = RunningMeans()
-        for _ in range(cfg.rounds):
-            data = self.replay.sample_round(len(fresh), cfg.min_fresh_fraction)
-            for metrics in self.critic_round(data, reward_scale, cfg.critic_steps_per_round):
-                means.add(metrics)
-            if train_actor:
-                for step in range(cfg.actor_steps_per_round):
-                    means.add(self.actor_step(actor_states(data, step, cfg.num_particles)))
+        means = self.rounds(fresh, reward_scale, train_actor)
         self.iterations += 1
         if cfg.reference == "previous":
             self.refresh_reference()
@@ -570,31 +302,9 @@ class RLDT:
         after every iteration; the paper keeps the initial policy)."""
         self.reference.load_state_dict(self.policy.state_dict())
 
-    def critic_round(
-        self, data: TrajectoryBatch, reward_scale: float, steps: int
-    ) -> list[dict[str, Tensor]]:
-        """``steps`` full-batch critic steps on one round's segments (S, T)
-        (:func:`flowpolicy.algos.offpolicy.critic_steps`).
-
-        The bootstrap actions at s' are drawn once per round; the targets are recomputed at
-        every step from the moving target critics. Member e trains on segments ``e, e + E, ..``.
-        """
-        cfg = self.config
-        members = segment_members(len(data), cfg.critic_members, data.obs.device)
-        batch = CriticData.from_segments(
-            data, self.policy.obs_norm, data.actions, reward_scale, members
-        )
-        next_actions = fresh_actions(
-            lambda obs: self._sample(obs)[:, : self.executed_dim],
-            batch.next_obs,
-            cfg.bootstrap_actions,
-        )  # (M, S*T, A_exec)
-        settings = TDSettings(
-            cfg.gamma, cfg.td_lambda, cfg.target_reduction, cfg.pessimism, cfg.bootstrap_clip
-        )
-        return critic_steps(
-            self.critic, self.critic_optimizer, batch, next_actions, steps, settings
-        )
+    def round_actor_step(self, data: TrajectoryBatch, step: int) -> dict[str, Tensor]:
+        """Actor step ``step`` of a round, on the states of :func:`actor_states`."""
+        return self.actor_step(actor_states(data, step, self.config.num_particles))
 
     def critic_action_gradient(self, obs_normalised: Tensor, action: Tensor) -> Tensor:
         """``mean_e grad_a Q_e`` for full chunks (B, A); the critic sees only the executed part,
@@ -692,28 +402,15 @@ class RLDT:
     # ------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
+        return super().state_dict() | {
             "reference": self.reference.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
             "actor_scheduler": self.actor_scheduler.state_dict(),
-            "replay": self.replay.state_dict(),
-            "reward_ema": self.reward_ema,
-            "iterations": self.iterations,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        super().load_state_dict(state)
         self.reference.load_state_dict(state["reference"])
-        self.critic.load_state_dict(state["critic"])
-        load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.actor_scheduler.load_state_dict(state["actor_scheduler"])
-        self.replay.load_state_dict(state["replay"])
-        self.reward_ema = state["reward_ema"]
-        self.iterations = state["iterations"]
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -32,12 +32,41 @@ def require_non_negative(config: Any, *names: str) -> None:
             )
 
 
-def require_range(config: Any, name: str, low: float, high: float) -> None:
-    """Field must lie in the closed interval [low, high]."""
+def require_range(
+    config: Any, name: str, low: float, high: float, *, open_high: bool = False
+) -> None:
+    """Field must lie in the closed interval [low, high], or in [low, high) with ``open_high``
+    (a decay factor, where 1 would never move); None (switched off) passes."""
     value = getattr(config, name)
-    if not low <= value <= high:
+    if value is None:
+        return
+    if not (low <= value < high if open_high else low <= value <= high):
+        interval = f"[{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"{type(config).__name__}.{name} must be in {interval}, got {value!r}.")
+
+
+def require_at_most(config: Any, name: str, limit: str, reason: str) -> None:
+    """Field ``name`` must not exceed field ``limit``; ``reason`` says why."""
+    value, bound = getattr(config, name), getattr(config, limit)
+    if value > bound:
+        raise ValueError(f"{name} ({value}) cannot exceed {limit} ({bound}): {reason}.")
+
+
+def require_interval(config: Any, *names: str) -> None:
+    """Each named field is a ``(low, high)`` pair with low < high, or None."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"{name} needs low < high, got {value}.")
+
+
+def require_multiple(config: Any, name: str, of: str) -> None:
+    """Field ``name`` must split evenly into field ``of`` parts."""
+    value, parts = getattr(config, name), getattr(config, of)
+    if value % parts:
         raise ValueError(
-            f"{type(config).__name__}.{name} must be in [{low}, {high}], got {value!r}."
+            f"{type(config).__name__}.{name} = {value} does not split evenly into "
+            f"{of} = {parts}; pass a multiple of --{of.replace('_', '-')}."
         )
 
 
