@@ -95,7 +95,7 @@ from flowpolicy.plot import CSV_COLUMNS, Panel, csv_row, learning_curve_figure, 
 from flowpolicy.train import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
-ProtocolName = Literal["from_scratch", "finetune", "multimodality"]
+ProtocolName = Literal["from_scratch", "finetune", "multimodality", "fpo-dmc"]
 State = Literal["done", "stopped", "resume", "new", "missing"]
 
 
@@ -126,6 +126,11 @@ class Args:
     """runs at a time, each with one torch thread (default: the cores this process may use)."""
     nice: int = 0
     """extra niceness of each run, on top of this script's (which the runs inherit)."""
+    device: str | None = None
+    """``--device`` of every run (default: each run's own default, auto)."""
+    train_args: str = ""
+    """more ``flowpolicy train`` options for every run, one string (e.g. ``--train-args="--num-envs
+    256"``); they are recorded in each run's bench.json and config.json."""
     collect_only: bool = False
     """run nothing; only collect, tabulate and plot the runs on disk and in the archive."""
     rerun_archived: bool = False
@@ -151,6 +156,8 @@ class Run:
     seed: int
     budget: Budget
     run_dir: Path
+    extra: tuple[str, ...] = ()
+    """more ``flowpolicy train`` options for this launch (``--device``, ``--train-args``)."""
 
     @property
     def init(self) -> Path | None:
@@ -176,6 +183,7 @@ class Run:
             *("--eval-episodes", str(self.budget.eval_episodes)),
             *("--torch-threads", "1"),
             *(("--init", str(self.init)) if self.init is not None else ()),
+            *self.extra,
         ]
 
     def resume_command(self) -> list[str]:
@@ -234,6 +242,7 @@ def plan(
     steps: Sequence[str] = (),
     eval_every: int | None = None,
     eval_episodes: int | None = None,
+    extra: Sequence[str] = (),
 ) -> list[Run]:
     """Every selected (env, method, seed) of ``protocol``, in that order, under ``root``.
 
@@ -243,6 +252,7 @@ def plan(
         envs, methods, seeds: the selection; None selects the protocol's defaults.
         steps: ``ENV=N`` overrides of the total steps.
         eval_every, eval_episodes: overrides for every env.
+        extra: more ``flowpolicy train`` options for every run (after the per-run flags).
 
     Raises:
         UserError: an unknown method, a bad or unselected ``--steps`` entry, or a
@@ -279,7 +289,8 @@ def plan(
                 continue  # this method is only benchmarked on some envs
             for seed in protocol.seeds if seeds is None else seeds:
                 run_dir = method_dir(root, env, name) / f"seed{seed}"
-                runs.append(Run(protocol.name, env, protocol.method(name), seed, budget, run_dir))
+                method = protocol.method(name)
+                runs.append(Run(protocol.name, env, method, seed, budget, run_dir, tuple(extra)))
     return runs
 
 
@@ -1005,6 +1016,14 @@ def completed_elsewhere(
     return extra
 
 
+def train_extra(args: Any) -> list[str]:
+    """The ``--device`` and ``--train-args`` of ``args`` as ``flowpolicy train`` options
+    (from_scratch.py's Args have neither)."""
+    extra = shlex.split(getattr(args, "train_args", ""))
+    device = getattr(args, "device", None)
+    return [*extra, "--device", device] if device else extra
+
+
 def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
     """Plan the selection of ``args`` (this script's or from_scratch.py's Args: the same
     selection and running options) under ``root``, run what is missing, then collect the
@@ -1018,6 +1037,7 @@ def plan_and_run(protocol: Protocol, root: Path, args: Any) -> None:
         steps=args.steps,
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
+        extra=train_extra(args),
     )
     archive = load_archive(args.docs_dir.resolve(), protocol.name)
     run_protocol(

@@ -63,7 +63,7 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=FPOConfig)
     """the algorithm and its hyper-parameters."""
     env: str = "Hopper-v5"
-    """Gymnasium id (also user-registered ids and "module:EnvId"), "dmc/<domain>-<task>", or "toy/bandit", "toy/nav"."""
+    """Gymnasium id (also user-registered ids and "module:EnvId"), "dmc/<domain>-<task>", "playground/<Name>[:impl=jax|warp,episode_length=N]" (MuJoCo Playground's DMC tasks as one JAX batch; docs/playground.md), or "toy/bandit", "toy/nav"."""
     seed: int = 0
     """drives torch, numpy, python's random and the envs: same seed, same machine, same numbers."""
     total_steps: int = 1_000_000

@@ -64,6 +64,8 @@ class OnPolicyConfig:
     """global gradient-norm clip (None: no clipping)."""
     scale_rewards: bool = True
     """divide rewards by the running std of the discounted return."""
+    reward_scale: float = 1.0
+    """multiply rewards by this before GAE (Brax's reward_scaling; FPO's Playground runs: 10)."""
 
     @property
     def batch_size(self) -> int:
@@ -83,6 +85,7 @@ class OnPolicyConfig:
             "update_epochs",
             "clip_coef",
             "max_grad_norm",
+            "reward_scale",
         )
         require_range(self, "gamma", 0.0, 1.0)
         require_range(self, "gae_lambda", 0.0, 1.0)

@@ -44,6 +44,7 @@ from flowpolicy import flows
 from flowpolicy.algos import onpolicy
 from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, ValueCriticConfig
 from flowpolicy.algos.onpolicy import straight_through_clamp, trust_region_objective
+from flowpolicy.algos.playground_regime import fpo_playground
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import (
     check_on_policy_config,
@@ -488,6 +489,7 @@ SPEC = AlgorithmSpec(
         Preset("fpo", FPOConfig),
         Preset("fpo++", fpo_plus_plus),
         Preset("fpo-finetune", fpo_finetune),
+        Preset("fpo-playground", fpo_playground),
     ),
     fine_tunes=(FlowPolicy,),
 )

@@ -50,6 +50,20 @@ class ReturnScaler(nn.Module):
         return (rewards / std).clamp(-self.clip, self.clip)
 
 
+EVAL_ROWS = 65_536
+"""Rows per forward pass where a whole batch is evaluated without gradients: FPO's Playground
+regime has batches of 983,040 steps, whose 5x256 critic activations would take gigabytes."""
+
+
+@torch.no_grad()
+def chunked(net: nn.Module, x: Tensor) -> Tensor:
+    """``net`` applied to ``x`` (..., D) in slices of EVAL_ROWS rows along the flattened
+    leading dims; same result as ``net(x)``, bounded memory."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.cat([net(part) for part in flat.split(EVAL_ROWS)])
+    return out.reshape(*x.shape[:-1], *out.shape[1:])
+
+
 @torch.no_grad()
 def advantages_and_returns(
     batch: RolloutBatch,
@@ -64,8 +78,8 @@ def advantages_and_returns(
     ``V(s'_t)`` is evaluated on the stored true next observations, so truncated episodes
     bootstrap from their real final observation (see :mod:`flowpolicy.returns`).
     """
-    values = critic(obs_norm(batch.obs))
-    next_values = critic(obs_norm(batch.next_obs))
+    values = chunked(critic, obs_norm(batch.obs))
+    next_values = chunked(critic, obs_norm(batch.next_obs))
     advantages, returns = gae(
         rewards, values, next_values, batch.terminated, batch.dones, gamma, gae_lambda
     )
@@ -220,9 +234,12 @@ def advantages_batch(
     reward_scaler: ReturnScaler | None,
     gamma: float,
     gae_lambda: float,
+    reward_scale: float = 1.0,
 ) -> PreparedBatch:
-    """Scale rewards (if a scaler is given), run GAE, and flatten the batch to (T*N, ...)."""
-    rewards = batch.rewards if reward_scaler is None else reward_scaler(batch.rewards, batch.dones)
+    """Multiply rewards by ``reward_scale`` (Brax's ``reward_scaling``), divide them by the
+    return scale (if a scaler is given), run GAE, and flatten the batch to (T*N, ...)."""
+    rewards = batch.rewards * reward_scale
+    rewards = rewards if reward_scaler is None else reward_scaler(rewards, batch.dones)
     values, advantages, returns = advantages_and_returns(
         batch, critic, obs_norm, rewards, gamma, gae_lambda
     )
@@ -248,7 +265,15 @@ def prepare_batch(
     for group in optimizer.param_groups:
         base = group.get("base_lr", config.learning_rate)
         group["lr"] = annealed_lr(base, batch.progress, config.anneal_lr)
-    return advantages_batch(batch, critic, obs_norm, reward_scaler, config.gamma, config.gae_lambda)
+    return advantages_batch(
+        batch,
+        critic,
+        obs_norm,
+        reward_scaler,
+        config.gamma,
+        config.gae_lambda,
+        config.reward_scale,
+    )
 
 
 def critic_loss_and_step(

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.playground_regime import ppo_playground
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import check_on_policy_config
 from flowpolicy.buffers import RolloutBatch
@@ -67,6 +68,8 @@ class PPOConfig:
     """global gradient-norm clip (None: no clipping)."""
     scale_rewards: bool = True
     """divide rewards by the running std of the discounted return (CleanRL's NormalizeReward)."""
+    reward_scale: float = 1.0
+    """multiply rewards by this before GAE (Brax's reward_scaling; FPO's Playground runs: 10)."""
     actor_hidden: tuple[int, ...] = (64, 64)
     """hidden sizes of the mean network."""
     critic_hidden: tuple[int, ...] = (64, 64)
@@ -244,6 +247,10 @@ SPEC = AlgorithmSpec(
     name="ppo",
     config=PPOConfig,
     algorithm=PPO,
-    presets=(Preset("ppo", PPOConfig), Preset("ppo-fpo-paper", ppo_fpo_paper)),
+    presets=(
+        Preset("ppo", PPOConfig),
+        Preset("ppo-fpo-paper", ppo_fpo_paper),
+        Preset("ppo-playground", ppo_playground),
+    ),
     fine_tunes=(GaussianPolicy,),
 )

@@ -452,7 +452,13 @@ class ReinFlow:
         cfg = self.config
         scaler = self.reward_scaler if cfg.scale_rewards else None
         return onpolicy.advantages_batch(
-            batch, self.critic, self.policy.obs_norm, scaler, cfg.gamma, cfg.gae_lambda
+            batch,
+            self.critic,
+            self.policy.obs_norm,
+            scaler,
+            cfg.gamma,
+            cfg.gae_lambda,
+            cfg.reward_scale,
         )
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:

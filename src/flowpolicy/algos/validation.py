@@ -81,6 +81,7 @@ def check_on_policy_config(config: Any) -> None:
         "num_minibatches",
         "update_epochs",
         "clip_coef",
+        "reward_scale",
     )
     require_range(config, "gamma", 0.0, 1.0)
     require_range(config, "gae_lambda", 0.0, 1.0)

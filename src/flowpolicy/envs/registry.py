@@ -7,6 +7,9 @@ Accepted forms of `env` (an `EnvSpec`):
 - `"dmc/<domain>-<task>"` for the DeepMind Control Suite, split at the first '-', e.g.
   `"dmc/ball_in_cup-catch"`;
 - `"toy/bandit"` or `"toy/nav"`, the multimodal toy tasks of `flowpolicy.envs.toy`;
+- (`train` and `eval` only, through `flowpolicy.envs.tensor_env.make_tensor_env`)
+  `"playground/<Name>"`, MuJoCo Playground's DMC tasks as one JAX batch
+  (`flowpolicy.envs.playground`);
 - a zero-argument callable returning a `gymnasium.Env` (Python API only).
 """
 
@@ -32,8 +35,9 @@ _TOY_ENVS: dict[str, Callable[[], gymnasium.Env]] = {"toy/bandit": BanditEnv, "t
 _ACCEPTED_FORMS = (
     "flowpolicy accepts a Gymnasium id such as 'Hopper-v5' (write 'module:EnvId' to import the "
     "module that registers your own id), 'dmc/<domain>-<task>' such as 'dmc/cheetah-run', "
-    "'toy/bandit' or 'toy/nav', or, from Python, a zero-argument callable that returns a "
-    "gymnasium.Env."
+    "'playground/<Name>' such as 'playground/CheetahRun' (MuJoCo Playground, for train and "
+    "eval), 'toy/bandit' or 'toy/nav', or, from Python, a zero-argument callable that returns "
+    "a gymnasium.Env."
 )
 
 
@@ -57,6 +61,13 @@ def make_env(env: EnvSpec, *, seed: int | None = None, chunk_exec: int = 1) -> g
         raise UserError(
             f"chunk_exec must be an integer >= 1 (actions executed per policy step), got "
             f"{chunk_exec!r}. Use 1 to execute one action per step."
+        )
+    if isinstance(env, str) and env.startswith("playground/"):
+        raise UserError(
+            f"{env} is a batched JAX env: it runs with `flowpolicy train` and `flowpolicy "
+            "eval` (through flowpolicy.envs.tensor_env.make_tensor_env), not as a single "
+            "Gymnasium env, so collect and pretrain cannot use it. Use the dmc/ form of the "
+            "same task (e.g. dmc/cartpole-balance) there."
         )
     made = _construct(env, seed)
     _check_spaces(made, _describe(env))

@@ -136,7 +136,14 @@ def make_tensor_env(
     chunk_exec: int = 1,
     device: torch.device | str = "cpu",
 ) -> TensorVectorEnv:
-    """``num_envs`` copies of ``env`` (any form :func:`make_env` accepts) behind tensors on
-    ``device``. Not reset: call ``reset(seed)`` once before stepping."""
+    """``num_envs`` copies of ``env`` behind tensors on ``device``: a ``playground/<Name>``
+    env as one JAX batch (:mod:`flowpolicy.envs.playground`), any form :func:`make_env`
+    accepts as a Gymnasium vector env. Not reset: call ``reset(seed)`` once before stepping."""
+    if isinstance(env, str) and env.startswith("playground/"):
+        from flowpolicy.envs.playground import PlaygroundVectorEnv  # imports JAX: only here
+
+        return PlaygroundVectorEnv(
+            env, num_envs, seed=seed, chunk_exec=chunk_exec, device=torch.device(device)
+        )
     vector_env = make_vector_env(env, num_envs, seed=seed, chunk_exec=chunk_exec)
     return TorchVectorEnv(vector_env, torch.device(device))
