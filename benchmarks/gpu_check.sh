@@ -2,14 +2,15 @@
 # The GPU check of the GPU-native core, for a machine with one CUDA GPU (the H200 machine:
 # Python 3.12, torch with CUDA and pytest in its image, no package registry). It runs the CUDA
 # tests and measures, on CUDA:
-#   - training throughput of every algorithm on Hopper-v5 (benchmarks/throughput.py),
+#   - training throughput of every algorithm on Hopper-v5 (benchmarks/throughput.py), and of
+#     PPO and FPO with --vector-env async (one worker process per env),
 #   - RLDT and ReinFlow fine-tuning on Hopper-v5 from an untrained stand-in of the reference BC
 #     flow policy (benchmarks/stand_in_policy.py; targets: RLDT >= 1,000, ReinFlow >= 13,600
 #     env steps/s),
 #   - QAM's gradient step, qam-cpu and the authors' sizes (benchmarks/qam_update_speed.py;
 #     target: <= 30 ms).
 # Every step has its own time limit (timeout ends the step's whole process group), together
-# 460 s, so the script ends within 8 minutes and a slow or failing step leaves the others'
+# 475 s, so the script ends within 8 minutes and a slow or failing step leaves the others'
 # results. Everything is in $OUT.
 #
 # On the GPU machine, from the repository root (the .whl folder made here by
@@ -70,17 +71,19 @@ cat "$OUT/machine.txt"
 echo "# GPU check ($(date -u +%F), device $DEVICE)" > "$OUT/results.md"
 
 # 1. The CUDA tests (every algorithm trains on CUDA, evaluates on a CPU, resumes exactly).
-step tests 90 $PYTHON -m pytest -q -rs -p no:cacheprovider "${tests[@]}"
+step tests 80 $PYTHON -m pytest -q -rs -p no:cacheprovider "${tests[@]}"
 
 # 2. Throughput from scratch (several iterations each; the first one is not counted).
-throughput scratch 70 --methods ppo fpo fpo:fpo++ --iterations "$its"
+throughput scratch 65 --methods ppo fpo fpo:fpo++ --iterations "$its"
 throughput dppo 45 --methods dppo --iterations 1 --train-args="$small"
+# Gymnasium's AsyncVectorEnv on the 16 cores, against the sync rows above (--vector-env).
+throughput async 40 --methods ppo fpo --iterations "$its" --train-args="--vector-env async"
 
 # 3. Fine-tuning RLDT and ReinFlow from a stand-in of the reference BC flow policy.
 step stand_in 20 $PYTHON benchmarks/stand_in_policy.py --env Hopper-v5 --out "$WORK/stand_in.pt"
-throughput finetune_rldt 70 --methods rldt --init "$WORK/stand_in.pt" --iterations "$its_long" \
+throughput finetune_rldt 65 --methods rldt --init "$WORK/stand_in.pt" --iterations "$its_long" \
   --train-args="$small"
-throughput finetune_reinflow 60 --methods reinflow --init "$WORK/stand_in.pt" \
+throughput finetune_reinflow 55 --methods reinflow --init "$WORK/stand_in.pt" \
   --iterations "$its_long" --train-args="$small"
 
 # 4. QAM: a short training run, and its gradient step on its own at both sizes.

@@ -44,6 +44,7 @@ from flowpolicy.device import (
     seed_everything,
     set_rng_state,
 )
+from flowpolicy.envs.registry import VectorKind
 from flowpolicy.envs.tensor_env import TensorVectorEnv, make_tensor_env
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
@@ -78,6 +79,8 @@ class TrainConfig:
     """iterations between checkpoints (and one at the end)."""
     torch_threads: int = 1
     """torch CPU threads; 1 is fastest for these small networks and lets runs share cores."""
+    vector_env: VectorKind = "sync"
+    """how Gymnasium, DMC and toy envs are stepped: sync (in this process) or async (one worker process per env; can pay off on many cores, measure with benchmarks/throughput.py)."""
     device: str = "auto"
     """where networks, optimisers, buffers and updates live: auto (CUDA when available), cpu,
     cuda or cuda:N. CPU simulators step on the CPU either way (one copy per step)."""
@@ -377,7 +380,12 @@ def train(
     env_spec = env_factory if env_factory is not None else config.env
     cfg = config.algo
     envs = make_tensor_env(
-        env_spec, cfg.num_envs, seed=config.seed, chunk_exec=cfg.chunk_exec, device=device
+        env_spec,
+        cfg.num_envs,
+        seed=config.seed,
+        chunk_exec=cfg.chunk_exec,
+        device=device,
+        vector_env=config.vector_env,
     )
     algo = build_algorithm(config, envs, init_policy, device)
     obs = envs.reset(seed=config.seed)  # (N, Do) on the device

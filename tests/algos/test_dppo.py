@@ -519,3 +519,14 @@ def test_dppo_flow_variant_improves_a_broad_flow_policy_on_the_bandit() -> None:
     after = mean_bandit_reward(algo.eval_policy)
     assert before < 0.15
     assert after > before + 0.2, (before, after)
+
+
+@pytest.mark.parametrize("flag", ["--actor-hidden", "--critic-hidden"])
+def test_residual_sizes_that_are_not_1_plus_2n_equal_widths_exit_2(
+    tmp_path, capsys, flag: str
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "dppo", flag, "16", "16", "--env", "toy/bandit", "--run-dir", str(run_dir)]
+    assert main(args) == 2
+    assert "1 + 2 * blocks" in capsys.readouterr().err
+    assert not run_dir.exists()

@@ -31,7 +31,7 @@ from flowpolicy.algos.validation import (
     require_range,
 )
 from flowpolicy.critics import QReduction, ValueNet
-from flowpolicy.nets import Activation
+from flowpolicy.nets import Activation, residual_shape
 from flowpolicy.policies import FlowPolicy, Network, Squash
 
 Schedule = Literal["utd", "rounds"]
@@ -134,11 +134,14 @@ class FlowActorConfig:
         )
 
     def check_flow_actor(self) -> None:
-        """Positive sizes; no more actions executed than the policy produces."""
+        """Positive sizes; no more actions executed than the policy produces; a residual
+        network's hidden sizes are 1 + 2n equal widths."""
         require_positive(self, "flow_steps", "chunk", "chunk_exec", "time_dim")
         require_at_most(
             self, "chunk_exec", "chunk", "the env can only execute actions the policy produced"
         )
+        if self.actor_network == "residual":
+            residual_shape(self.actor_hidden)  # raises ValueError with the rule and an example
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,8 @@ class DPPOConfig(ValueCriticConfig, FlowActorConfig, OnPolicyConfig):
     def __post_init__(self) -> None:
         self.check_rollout()
         self.check_flow_actor()
+        if self.critic_residual:
+            residual_shape(self.critic_hidden)
         require_positive(
             self,
             "actor_lr",

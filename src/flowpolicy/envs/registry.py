@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Literal
 
 import gymnasium
 import numpy as np
@@ -29,6 +30,7 @@ from flowpolicy.envs.wrappers import ActionChunk
 from flowpolicy.errors import UserError
 
 EnvSpec = str | Callable[[], gymnasium.Env]
+VectorKind = Literal["sync", "async"]
 
 _TOY_ENVS: dict[str, Callable[[], gymnasium.Env]] = {"toy/bandit": BanditEnv, "toy/nav": NavEnv}
 
@@ -79,12 +81,14 @@ def make_env(env: EnvSpec, *, seed: int | None = None, chunk_exec: int = 1) -> g
 
 
 def make_vector_env(
-    env: EnvSpec, num_envs: int, *, seed: int, chunk_exec: int = 1
+    env: EnvSpec, num_envs: int, *, seed: int, chunk_exec: int = 1, kind: VectorKind = "sync"
 ) -> gymnasium.vector.VectorEnv:
-    """Make `num_envs` copies of `env` stepped in lockstep (`SyncVectorEnv`).
+    """Make `num_envs` copies of `env` stepped in lockstep: in this process (`SyncVectorEnv`,
+    `kind="sync"`) or one worker process each (`AsyncVectorEnv`, `kind="async"`,
+    :mod:`flowpolicy.envs.async_env`).
 
     Sync beats Async on few cores: the toy and MuJoCo steps are too cheap to pay for
-    inter-process transfers.
+    inter-process transfers; measure before choosing async on a machine with many cores.
 
     Autoreset is `AutoresetMode.SAME_STEP`: when sub-env i's episode ends at a `step()`, that
     same call resets it and returns the first observation of its next episode in `obs[i]`,
@@ -102,6 +106,7 @@ def make_vector_env(
         seed: Seeds the batched action space; sub-env i's action space (and DMC task) get
             seed + i.
         chunk_exec: Actions executed per step in each copy (see `ActionChunk`).
+        kind: "sync" or "async".
 
     Returns:
         The vector environment.
@@ -115,7 +120,15 @@ def make_vector_env(
         functools.partial(make_env, env, seed=seed + i, chunk_exec=chunk_exec)
         for i in range(num_envs)
     ]
-    vector_env = SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    if kind not in ("sync", "async"):
+        raise UserError(f"Unknown vector env kind {kind!r}; choose sync or async.")
+    if kind == "async":
+        make_env(env, chunk_exec=chunk_exec).close()  # bad input fails here, not in a worker
+        from flowpolicy.envs.async_env import make_async_vector_env
+
+        vector_env = make_async_vector_env(env_fns)
+    else:
+        vector_env = SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
     vector_env.action_space.seed(seed)
     return vector_env
 

@@ -76,7 +76,7 @@ def get_vector_env_state(envs: gymnasium.vector.SyncVectorEnv) -> dict[str, Any]
     """
     sub_states = []
     for env in envs.envs:
-        sub_state = _get_env_state(env)
+        sub_state = get_env_state(env)
         if sub_state is None:
             return None
         sub_states.append(sub_state)
@@ -98,6 +98,10 @@ def set_vector_env_state(
     """
     if state is None:
         return
+    if state.get("async"):
+        raise ValueError(
+            "The env state was saved from an async vector env: resume with --vector-env async."
+        )
     if state.get("version") != _VERSION:
         raise ValueError(f"Unsupported env state version {state.get('version')!r}.")
     if len(state["envs"]) != len(envs.envs):
@@ -106,7 +110,7 @@ def set_vector_env_state(
             f"{len(envs.envs)}: resume with the same num_envs."
         )
     for env, sub_state in zip(envs.envs, state["envs"], strict=True):
-        _set_env_state(env, sub_state)
+        set_env_state(env, sub_state)
     _restore_attrs(envs, state["vector"])
 
 
@@ -121,7 +125,8 @@ def _layers(env: gymnasium.Env) -> list[gymnasium.Env]:
     return layers
 
 
-def _get_env_state(env: gymnasium.Env) -> dict[str, Any] | None:
+def get_env_state(env: gymnasium.Env) -> dict[str, Any] | None:
+    """The snapshot of one env (its wrappers and core), or None if it cannot be restored."""
     *wrappers, core = _layers(env)
     core_state = _get_core_state(core)
     if core_state is None:
@@ -133,7 +138,8 @@ def _get_env_state(env: gymnasium.Env) -> dict[str, Any] | None:
     }
 
 
-def _set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
+def set_env_state(env: gymnasium.Env, state: dict[str, Any]) -> None:
+    """Restore :func:`get_env_state`'s snapshot into an env made the same way."""
     layers = _layers(env)
     types = [type(layer).__qualname__ for layer in layers]
     if types != state["types"]:

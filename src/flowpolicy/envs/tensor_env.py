@@ -18,10 +18,13 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium
 import numpy as np
 import torch
+from gymnasium.vector import AsyncVectorEnv
 from torch import Tensor
 
-from flowpolicy.envs.registry import EnvSpec, env_dims, make_vector_env
+from flowpolicy.envs.async_env import get_async_state, set_async_state
+from flowpolicy.envs.registry import EnvSpec, VectorKind, env_dims, make_vector_env
 from flowpolicy.envs.state import get_vector_env_state, set_vector_env_state
+from flowpolicy.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,15 @@ class TorchVectorEnv:
         )
 
     def state(self) -> Any:
+        if isinstance(self.envs, AsyncVectorEnv):
+            return get_async_state(self.envs)
         return get_vector_env_state(self.envs)
 
     def load_state(self, state: Any) -> None:
-        set_vector_env_state(self.envs, state)
+        if isinstance(self.envs, AsyncVectorEnv):
+            set_async_state(self.envs, state)
+        else:
+            set_vector_env_state(self.envs, state)
 
     def close(self) -> None:
         self.envs.close()
@@ -135,15 +143,22 @@ def make_tensor_env(
     seed: int,
     chunk_exec: int = 1,
     device: torch.device | str = "cpu",
+    vector_env: VectorKind = "sync",
 ) -> TensorVectorEnv:
     """``num_envs`` copies of ``env`` behind tensors on ``device``: a ``playground/<Name>``
     env as one JAX batch (:mod:`flowpolicy.envs.playground`), any form :func:`make_env`
-    accepts as a Gymnasium vector env. Not reset: call ``reset(seed)`` once before stepping."""
+    accepts as a Gymnasium vector env, sync or async (``vector_env``). Not reset: call
+    ``reset(seed)`` once before stepping."""
     if isinstance(env, str) and env.startswith("playground/"):
+        if vector_env != "sync":
+            raise UserError(
+                f"--vector-env {vector_env} does not apply to {env}: a Playground env is "
+                "already one batch stepped in JAX. Leave --vector-env at sync."
+            )
         from flowpolicy.envs.playground import PlaygroundVectorEnv  # imports JAX: only here
 
         return PlaygroundVectorEnv(
             env, num_envs, seed=seed, chunk_exec=chunk_exec, device=torch.device(device)
         )
-    vector_env = make_vector_env(env, num_envs, seed=seed, chunk_exec=chunk_exec)
-    return TorchVectorEnv(vector_env, torch.device(device))
+    envs = make_vector_env(env, num_envs, seed=seed, chunk_exec=chunk_exec, kind=vector_env)
+    return TorchVectorEnv(envs, torch.device(device))
