@@ -20,7 +20,9 @@ import pytest
 import torch
 
 from flowpolicy.algos.fpo import FPOConfig
+from flowpolicy.algos.fql import FQLConfig
 from flowpolicy.algos.ppo import PPOConfig
+from flowpolicy.data import Dataset, save_dataset
 from flowpolicy.envs import BanditEnv, optimum_coverage
 from flowpolicy.train import TrainConfig, load_policy, train
 
@@ -80,3 +82,39 @@ def test_fpo_covers_at_least_three_optima(fpo_late_tau_samples, ppo_samples):
     coverage = optimum_coverage(fpo_late_tau_samples, BanditEnv().optima)
     assert covered(fpo_late_tau_samples) >= 3 > covered(ppo_samples), coverage
     assert BanditEnv().reward(fpo_late_tau_samples).mean() > 0.4  # learned, not just broad
+
+
+def test_fql_offline_beats_its_dataset_on_the_bandit(tmp_path):
+    """FQL's offline phase on 2048 uniformly random bandit actions (mean reward 0.14), 800
+    gradient steps with the normalised Q loss (alpha 1), then one online iteration. Measured:
+    mean reward 0.90 through the runner (seed 0); with the algorithm alone 0.89 / 0.96 (seeds
+    0, 1), the samples on one optimum; with the paper's unnormalised loss at alpha 10 the
+    policy stays at the data's 0.15."""
+    bandit, rng, n = BanditEnv(), np.random.default_rng(0), 2048
+    actions = rng.uniform(-1, 1, (n, 2))
+    dataset = Dataset(
+        np.ones((n, 2)),
+        actions,
+        bandit.reward(actions),
+        np.ones(n, bool),
+        np.zeros(n, bool),
+        np.arange(1, n + 1),
+    )
+    save_dataset(tmp_path / "bandit.h5", dataset)
+    algo = FQLConfig(
+        num_envs=2,
+        num_steps=8,
+        flow_steps=5,
+        actor_hidden=(64, 64),
+        critic_hidden=(64, 64),
+        batch_size=128,
+        learning_rate=1e-3,
+        alpha=1.0,
+        normalize_q_loss=True,
+        dataset=str(tmp_path / "bandit.h5"),
+        offline_steps=800,
+        offline_log_every=800,
+        utd_ratio=0.25,
+    )
+    samples = trained_samples(tmp_path, algo, steps=16)
+    assert bandit.reward(samples).mean() > 0.6  # the data's mean is 0.14

@@ -361,6 +361,15 @@ class FlowPolicy(_BoundedActions):
             lambda x, tau: self.velocity(obs_normalised, x, tau), x0, self.flow_steps, return_chain
         )
 
+    def deterministic_sample(self, obs: Tensor, noise: Tensor) -> Tensor:
+        """The noise-to-action map: raw actions (B, A) of the K-step Euler ODE started at
+        ``x_0 = noise`` (B, A), for raw observations (B, Do); ``noise = 0`` is zero sampling.
+        DSRL (:mod:`flowpolicy.algos.dsrl`) steers a frozen policy through ``noise``."""
+        obs_normalised = self.obs_norm(obs)
+        return flows.euler_sample(
+            lambda x, tau: self.velocity(obs_normalised, x, tau), noise, self.flow_steps
+        )
+
     def env_action(self, raw_action: Tensor) -> Tensor:
         """Raw chunk (B, A) -> executed env actions (B, Ta_exec * Da) in the env's bounds."""
         executed = self._executed(raw_action)
@@ -550,6 +559,17 @@ class DiffusionPolicy(_BoundedActions):
             chain.append(x)
         if return_chain:
             return x, torch.stack(chain)
+        return x
+
+    def deterministic_sample(self, obs: Tensor, noise: Tensor) -> Tensor:
+        """The noise-to-action map: raw actions (B, A) of DDIM with eta 0 (no injected noise)
+        on the zero-mode timesteps, started at ``x_K = noise`` (B, A), for raw observations
+        (B, Do); ``noise = 0`` is zero sampling. DSRL (:mod:`flowpolicy.algos.dsrl`) steers a
+        frozen policy through ``noise``."""
+        obs_normalised = self.obs_norm(obs)
+        x = noise
+        for step in range(self.num_sampling_steps("zero")):
+            x, _ = self.step_gaussian(obs_normalised, x, step, "zero")
         return x
 
     def env_action(self, raw_action: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 metadata, readable without the run that made it.
 
 A policy file is a torch file holding ``{"format": "flowpolicy-policy", "version": 1,
-"class": "FlowPolicy" | "DiffusionPolicy" | "GaussianPolicy" | "DPPOPolicy", "init_kwargs": {...},
+"class": "FlowPolicy" | "DiffusionPolicy" | "GaussianPolicy" | "DPPOPolicy" | "DSRLPolicy"
+| "OneStepPolicy" (FQL),
+"init_kwargs": {...},
 "state_dict": {...}, "metadata": {...}}``. The policy is rebuilt from its class name and
 constructor arguments, then its state (weights and normaliser buffers) is loaded.
 ``metadata`` holds what a user needs to know about it: env id, dimensions, dataset, returns.
@@ -22,6 +24,8 @@ from typing import Any
 from torch import nn
 
 from flowpolicy.algos.dppo import DPPOPolicy
+from flowpolicy.algos.fql import OneStepPolicy
+from flowpolicy.algos.noise_steering import DSRLPolicy
 from flowpolicy.checkpoint import load_checkpoint, save_checkpoint
 from flowpolicy.errors import UserError
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy
@@ -32,7 +36,15 @@ POLICY_NAME = "policy.pt"
 """File name of the exported policy inside a pretrain run directory."""
 
 POLICY_CLASSES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (FlowPolicy, DiffusionPolicy, GaussianPolicy, DPPOPolicy)
+    cls.__name__: cls
+    for cls in (
+        FlowPolicy,
+        DiffusionPolicy,
+        GaussianPolicy,
+        DPPOPolicy,
+        DSRLPolicy,
+        OneStepPolicy,
+    )
 }
 """The classes a policy file can hold. A constructor argument written as ``{"class": NAME,
 "init_kwargs": {...}}`` is a nested policy, rebuilt first (DPPO's split chain)."""

@@ -38,6 +38,7 @@ from flowpolicy.checkpoint import (
     save_checkpoint,
     save_json,
 )
+from flowpolicy.data import Dataset, load_dataset
 from flowpolicy.device import (
     resolve_device,
     rng_state,
@@ -233,6 +234,31 @@ def build_algorithm(
         )
 
 
+def load_offline_dataset(config: TrainConfig, envs: TensorVectorEnv) -> Dataset | None:
+    """The dataset named by the algorithm config's ``dataset`` field (offline-to-online
+    methods), checked against the env's observation and action sizes; None when the config
+    names none. The algorithm receives it through its ``load_offline_data(dataset)``."""
+    path = getattr(config.algo, "dataset", "")
+    if not path:
+        return None
+    dataset = load_dataset(path)  # DatasetError (a UserError) when unreadable
+    obs_dim, action_dim = envs.obs_dim, envs.action_dim // config.algo.chunk_exec
+    problems = []
+    if dataset.obs_dim != obs_dim:
+        problems.append(f"observation size {dataset.obs_dim} vs the env's {obs_dim}")
+    if dataset.action_dim != action_dim:
+        problems.append(f"action size {dataset.action_dim} vs the env's {action_dim}")
+    if problems:
+        recorded = dataset.metadata.get("env_id")
+        hint = f" (it was recorded on {recorded})" if recorded else ""
+        raise UserError(
+            f"The dataset {path}{hint} does not fit {config.env}: {'; '.join(problems)}. "
+            "Pass the --env the dataset was recorded on, or a dataset recorded on this env "
+            "(`flowpolicy collect`)."
+        )
+    return dataset
+
+
 # ----------------------------------------------------------------------------- fine-tuning
 
 
@@ -242,11 +268,19 @@ def load_init_policy(config: TrainConfig, run_dir: Path, resume: bool) -> nn.Mod
     A resumed run reads its own copy (``init_policy.pt``), so it never depends on the
     original file still being there.
     """
+    expected = spec_of_config(config.algo).fine_tunes
     if config.init is None:
+        if spec_of_config(config.algo).requires_init:
+            names = " or ".join(cls.__name__ for cls in expected)
+            raise UserError(
+                f"{config.algo_name} fine-tunes a pretrained {names} and cannot train from "
+                "scratch, but no --init was given. Pass --init POLICY: a policy.pt from "
+                "`flowpolicy pretrain`, a pretrain run directory, or a `flowpolicy train` run "
+                f"directory holding a {names}."
+            )
         return None
     source = run_dir / INIT_POLICY_NAME if resume else Path(config.init)
     policy = load_any_policy(source)
-    expected = spec_of_config(config.algo).fine_tunes
     if not isinstance(policy, expected):
         names = " or ".join(cls.__name__ for cls in expected)
         raise UserError(
@@ -388,6 +422,9 @@ def train(
         vector_env=config.vector_env,
     )
     algo = build_algorithm(config, envs, init_policy, device)
+    dataset = load_offline_dataset(config, envs)
+    if dataset is not None:  # before a resume's load_state_dict: the replay is rebuilt from it
+        algo.load_offline_data(dataset)
     obs = envs.reset(seed=config.seed)  # (N, Do) on the device
     steps_per_iteration = cfg.num_envs * cfg.num_steps * cfg.chunk_exec
     stats = EpisodeStats(cfg.num_envs, device)
@@ -501,6 +538,14 @@ def train(
         return target is not None and last_eval.get("eval/zero/return_mean", -math.inf) >= target
 
     try:
+        # The offline phase of offline-to-online methods (FQL): gradient steps on the dataset
+        # before the first rollout, checkpointed after each call so a resume continues it.
+        while getattr(algo, "offline_steps_left", 0) > 0:
+            logger.log(global_step, wall_time(), algo.offline_update())
+            logger.print(f"offline phase: {algo.offline_steps_left:,} gradient steps left")
+            if algo.offline_steps_left == 0:
+                last_eval = evaluate()
+            checkpoint()
         while global_step < config.total_steps and not target_reached():
             iteration_start = time.perf_counter()
             progress = global_step / config.total_steps

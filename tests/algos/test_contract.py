@@ -29,7 +29,7 @@ from flowpolicy.cli import main
 from flowpolicy.policies import GaussianPolicy
 from flowpolicy.policy_io import load_policy_from, save_policy
 from flowpolicy.train import TrainConfig, load_policy, resume, train
-from tests.algos import test_dppo, test_qam, test_reinflow, test_rldt
+from tests.algos import test_dppo, test_dsrl, test_fql, test_qam, test_reinflow, test_rldt
 from tests.test_train import metric_rows
 
 OBS_DIM = 3
@@ -42,6 +42,8 @@ TINY: dict[str, dict] = {
     "reinflow": test_reinflow.TINY,
     "dppo": test_dppo.TINY,
     "qam": test_qam.TINY,
+    "dsrl": test_dsrl.TINY,
+    "fql": test_fql.TINY,
 }
 """Small settings per algorithm (a newly registered one starts from 2 envs x 8 steps)."""
 NAMES = list(ALGORITHMS)
@@ -63,11 +65,21 @@ def tiny_config(name: str):
     )
 
 
-def build(name: str, device: str = "cpu", seed: int = 0):
+def initial_policy(name: str, config) -> nn.Module | None:
+    """A small untrained policy for an algorithm that only fine-tunes (None for the others)."""
+    spec = ALGORITHMS[name]
+    if not spec.requires_init:
+        return None
+    sizes = dict(chunk=config.chunk, chunk_exec=config.chunk_exec, flow_steps=config.flow_steps)
+    return spec.fine_tunes[0](OBS_DIM, LOW, HIGH, hidden=(16,), **sizes)
+
+
+def build(name: str, device: str = "cpu", seed: int = 0, config=None):
     torch.manual_seed(seed)
+    config = tiny_config(name) if config is None else config
     with torch.device(device):
         return ALGORITHMS[name].algorithm(
-            OBS_DIM, LOW.to(device), HIGH.to(device), tiny_config(name)
+            OBS_DIM, LOW.to(device), HIGH.to(device), config, initial_policy(name, config)
         )
 
 
@@ -222,6 +234,8 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_numbers(
 ) -> None:
     """From scratch, and fine-tuning a saved policy (its copy, frozen parts and reference
     copies are part of the checkpoint)."""
+    if start == "scratch" and ALGORITHMS[name].requires_init:
+        pytest.skip(f"{name} only fine-tunes (the init case covers it)")
     init = saved_policy(tmp_path / "init.pt", name) if start == "init" else None
     reference = train(run_config(tmp_path / "reference", name, device, init)).run_dir
     config = run_config(tmp_path / "crashed", name, device, init)
@@ -255,7 +269,8 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_numbers(
 def test_the_exported_policy_is_the_evaluated_one_on_any_device(
     tmp_path: Path, name: str, device: str
 ) -> None:
-    result = train(run_config(tmp_path / "run", name, device))
+    init = saved_policy(tmp_path / "init.pt", name) if ALGORITHMS[name].requires_init else None
+    result = train(run_config(tmp_path / "run", name, device, init))
     exported = load_policy_from(result.run_dir)  # RUN_DIR/policy.pt, on the CPU
     rebuilt = load_policy(result.run_dir, device)  # from the checkpoint, on the run's device
     assert type(exported) is type(rebuilt)
@@ -282,6 +297,8 @@ def test_the_cli_trains_it_and_evaluates_the_run(tmp_path: Path, name: str, caps
     run = ["--env", "toy/nav", "--total-steps", "32", "--eval-every", "16"]
     run += ["--eval-episodes", "1", "--tensorboard", "False", "--quiet", "True"]
     run += ["--device", "cpu", "--run-dir", str(run_dir)]
+    if ALGORITHMS[name].requires_init:
+        run += ["--init", str(saved_policy(tmp_path / "init.pt", name))]
     assert main(["train", name, *cli_flags(name), *run]) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo_name"] == name and config["device"] == "cpu"
@@ -296,5 +313,5 @@ def test_the_cli_trains_it_and_evaluates_the_run(tmp_path: Path, name: str, caps
     ids=lambda value: getattr(value, "name", value),
 )
 def test_every_preset_builds(name: str, preset) -> None:
-    algo = ALGORITHMS[name].algorithm(OBS_DIM, LOW, HIGH, preset.config())
+    algo = build(name, config=preset.config())
     assert isinstance(algo, Algorithm)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowpolicy.algos import dppo, fpo, ppo, qam, reinflow, rldt
+from flowpolicy.algos import dppo, dsrl, fpo, fql, ppo, qam, reinflow, rldt
 from flowpolicy.algos.spec import AlgorithmSpec
 from flowpolicy.errors import UserError
 
@@ -23,6 +23,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         reinflow.SPEC,
         dppo.SPEC,
         qam.SPEC,
+        fql.SPEC,
+        dsrl.SPEC,
     )
 }
 """The registered algorithms by ``flowpolicy train`` name, in the order the CLI lists them."""

@@ -14,6 +14,13 @@ algorithm only acts and learns:
 
 It is built inside ``torch.device(run device)``, so the networks and buffers it makes land on
 the run's device; tensors it makes later take ``device=`` or ``*_like`` of their inputs.
+
+Offline-to-online methods (FQL) add two optional hooks. When the config has a non-empty
+``dataset`` field, the runner reads that file, checks it against the env's sizes and calls
+``algo.load_offline_data(dataset)`` (a :class:`flowpolicy.data.Dataset`; again on resume,
+before ``load_state_dict``); then, while ``algo.offline_steps_left > 0``, it calls
+``metrics = algo.offline_update()`` before the first rollout, logging and checkpointing after
+each call (and evaluating after the last).
 """
 
 from __future__ import annotations
@@ -118,3 +125,6 @@ class AlgorithmSpec:
     """its presets, the default (what ``flowpolicy train NAME`` uses) first."""
     fine_tunes: tuple[type[nn.Module], ...]
     """the policy classes ``--init`` may hold for it (the first is what it trains from scratch)."""
+    requires_init: bool = False
+    """it only fine-tunes: a run without ``--init`` stops with a message (DSRL steers a frozen
+    pretrained policy and has nothing to train from scratch)."""
