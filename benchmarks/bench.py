@@ -73,7 +73,7 @@ import numpy as np
 import torch
 import tyro
 from archive import Archive, load_archive, result_record, run_result, stop_record
-from protocols import PROTOCOLS, Budget, Method, Protocol
+from protocols import PROTOCOLS, Budget, Method, Prerequisite, Protocol
 from results import (
     Curve,
     RunResult,
@@ -159,13 +159,21 @@ class Run:
     extra: tuple[str, ...] = ()
     """more ``flowpolicy train`` options for this launch (``--device``, ``--train-args``)."""
 
+    def _prerequisite_path(self, prerequisite: Prerequisite | None) -> Path | None:
+        if prerequisite is None:
+            return None
+        path = Path(prerequisite.path.format(env=self.env))
+        return path if path.is_absolute() else REPO / path
+
     @property
     def init(self) -> Path | None:
         """The pretrained policy this run starts from (absolute), or None."""
-        if self.method.init is None:
-            return None
-        path = Path(self.method.init.path.format(env=self.env))
-        return path if path.is_absolute() else REPO / path
+        return self._prerequisite_path(self.method.init)
+
+    @property
+    def dataset(self) -> Path | None:
+        """The offline dataset this run learns from first (absolute), or None."""
+        return self._prerequisite_path(self.method.dataset)
 
     def command(self) -> list[str]:
         """The command line that starts this run."""
@@ -183,6 +191,7 @@ class Run:
             *("--eval-episodes", str(self.budget.eval_episodes)),
             *("--torch-threads", "1"),
             *(("--init", str(self.init)) if self.init is not None else ()),
+            *(("--dataset", str(self.dataset)) if self.dataset is not None else ()),
             *self.extra,
         ]
 
@@ -191,15 +200,17 @@ class Run:
         return [sys.executable, "-m", "flowpolicy", "train", "--resume", str(self.run_dir)]
 
     def missing_prerequisite(self) -> str | None:
-        """Why the run cannot start (its --init policy is not there), or None."""
-        if self.init is None or self.method.init is None:
-            return None
-        ready = (self.init / "done.json").is_file() if self.init.is_dir() else self.init.is_file()
-        if ready:
-            return None
-        shown = self.init.relative_to(REPO) if self.init.is_relative_to(REPO) else self.init
-        make = self.method.init.make.format(env=self.env)
-        return f"missing prerequisite: {shown} (make it with {make})"
+        """Why the run cannot start (its --init policy or --dataset is not there), or None."""
+        needed = ((self.init, self.method.init), (self.dataset, self.method.dataset))
+        for path, prerequisite in needed:
+            if path is None or prerequisite is None:
+                continue
+            ready = (path / "done.json").is_file() if path.is_dir() else path.is_file()
+            if not ready:
+                shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                make = prerequisite.make.format(env=self.env)
+                return f"missing prerequisite: {shown} (make it with {make})"
+        return None
 
     def state(self) -> State:
         """done (skip), stopped (by a NaN/inf loss: skip), resume (continue from the checkpoint),
@@ -738,7 +749,8 @@ def method_command(method: Method) -> str:
         else shlex.join(["flowpolicy", "train", *method.train])
     )
     init = f" --init {method.init.path}" if method.init else ""
-    return f"{head}{init}"
+    dataset = f" --dataset {method.dataset.path}" if method.dataset else ""
+    return f"{head}{init}{dataset}"
 
 
 TABLE_NOTE = (
@@ -775,7 +787,12 @@ def page(
         "",
         "Each run is the method's command plus `--env ENV --seed SEED --total-steps N --run-dir "
         "DIR --eval-every E --eval-episodes M --torch-threads 1`, with the budget from the table "
-        "below" + ("; `{env}` is the env id." if any(m.init for m in protocol.methods) else "."),
+        "below"
+        + (
+            "; `{env}` is the env id."
+            if any(m.init or m.dataset for m in protocol.methods)
+            else "."
+        ),
         "",
         "| method | command | settings |",
         "|---|---|---|",

@@ -61,6 +61,9 @@ class Method:
     """arguments after ``flowpolicy train``: the algorithm, ``--preset``, then overrides."""
     init: Prerequisite | None = None
     """the pretrained policy to fine-tune; None trains from scratch."""
+    dataset: Prerequisite | None = None
+    """an offline dataset (``--dataset``) for offline-to-online methods (FQL); its ``path`` is a
+    file."""
     script: str | None = None
     """a script (relative to the repository) run instead of ``python -m flowpolicy train``;
     it takes the same per-run flags, and its runs cannot be resumed (they restart)."""
@@ -164,6 +167,8 @@ BC_FLOW = Prerequisite("runs/reference/{env}/bc-flow", MAKE_REFERENCE)
 """FlowPolicy, chunk 4, K = 10, residual 3x512 (docs/reference_policies.md)."""
 BC_DIFFUSION = Prerequisite("runs/reference/{env}/bc-diffusion", MAKE_REFERENCE)
 """DDPM DiffusionPolicy, chunk 4, K = 20, residual 3x512."""
+BC_DATA = Prerequisite("runs/reference/{env}/data/dataset.hdf5", MAKE_REFERENCE)
+"""The 200k medium transitions the BC policies learned from (FQL's offline data)."""
 BC_GAUSSIAN = Prerequisite("runs/reference/{env}/bc-gaussian", MAKE_REFERENCE)
 """GaussianPolicy, chunk 1."""
 
@@ -235,6 +240,19 @@ FINETUNE = Protocol(
             BC_GAUSSIAN,
             source="PPOConfig defaults on the BC Gaussian policy (docs/ppo.md)",
         ),
+        Method(
+            "dsrl",
+            ("dsrl", "--preset", "dsrl-cpu"),
+            BC_FLOW,
+            source="dsrl_cpu(): DSRL-NA with the released Hopper networks, utd 0.5 (docs/dsrl.md)",
+        ),
+        Method(
+            "fql",
+            ("fql", "--preset", "fql-cpu", "--offline-steps", "20000"),
+            dataset=BC_DATA,
+            source="fql_cpu() with 20k offline steps on the BC policies' dataset, then online "
+            "(docs/fql.md); it learns its own flow, so it takes no --init",
+        ),
     ),
     # 500k env steps: the issue's minimum, and what a 2-core CPU can give eight methods.
     budgets={
@@ -263,6 +281,14 @@ TOY_CHUNK = ("--chunk", "1", "--chunk-exec", "1")
 TOY_PPO = (*TOY_BATCH, "--num-minibatches", "4", "--update-epochs", "10", "--anneal-lr", "False")
 TOY_ACTOR = ("--actor-hidden", "64", "64", "64")  # the broad BC policies' residual 3x64
 TOY_RLDT = ("rldt", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR, "--actor-lr", "1e-3")  # its bandit toy
+# DSRL steers a pretrained policy: the broad BC flow policy (actions uniform over the box).
+BROAD_BANDIT = Prerequisite(
+    "runs/reference/toy/bandit/bc-broad", "python benchmarks/broad_bandit_policy.py"
+)
+TOY_DSRL = ("--reward-scale", "10", "--initial-temperature", "0.1", "--critic-lr", "1e-3")
+TOY_DSRL += ("--hidden", "64", "64", "--warmup-steps", "16")
+TOY_FQL = ("--actor-hidden", "64", "64", "--critic-hidden", "64", "64", "--learning-rate", "1e-3")
+TOY_FQL += ("--alpha", "1", "--normalize-q-loss", "True")
 LATE_TAU = ("--tau-sampling", "uniform", "--tau-min", "0.8", "--output-scale", "0.05")
 
 MULTIMODALITY = Protocol(
@@ -385,6 +411,27 @@ MULTIMODALITY = Protocol(
             "qam",
             ("qam", "--preset", "qam-cpu", *TOY_BATCH, *TOY_CHUNK, *TOY_ACTOR),
             source="qam_cpu() in the toy regime (not tuned on the toys)",
+        ),
+        Method(
+            "dsrl",
+            ("dsrl", "--preset", "dsrl-cpu", *TOY_BATCH, *TOY_DSRL),
+            BROAD_BANDIT,
+            source="dsrl_cpu() steering the broad BC flow policy with tests/algos/test_dsrl.py's "
+            "bandit settings (rewards x10, alpha from 0.1, critic lr 1e-3), one warm-up iteration",
+            envs=("toy/bandit",),
+        ),
+        Method(
+            "dsrl-sac",
+            ("dsrl", "--preset", "dsrl-cpu", "--variant", "sac", *TOY_BATCH, *TOY_DSRL),
+            BROAD_BANDIT,
+            source="the same with DSRL-SAC (Q on the noise) instead of noise aliasing",
+            envs=("toy/bandit",),
+        ),
+        Method(
+            "fql",
+            ("fql", "--preset", "fql-cpu", *TOY_BATCH, *TOY_CHUNK, *TOY_FQL),
+            source="fql_cpu() online from scratch with tests/test_learning.py's bandit settings "
+            "(3x64 networks, lr 1e-3, normalised Q loss, alpha 1)",
         ),
     ),
     budgets={

@@ -22,6 +22,7 @@ from bench import (
     bandit_coverage,
     collect_and_write,
     launch,
+    method_command,
     nav_coverage,
     plan,
     run_all,
@@ -75,6 +76,23 @@ def test_plan_expands_envs_methods_seeds_in_order(tmp_path: Path) -> None:
     assert command[-2:] == ["--init", str(REPO / "runs/reference/Hopper-v5/bc-flow")]
     dppo = runs[2].command()
     assert dppo[dppo.index("--init") + 1] == str(REPO / "runs/reference/Hopper-v5/bc-diffusion")
+
+
+def test_an_offline_dataset_is_passed_and_checked_like_an_init_policy(tmp_path: Path) -> None:
+    data = Prerequisite(str(tmp_path / "{env}" / "data.hdf5"), "make-data {env}")
+    method = Method("offline", ("fql",), dataset=data)
+    protocol = Protocol("p", "P", "", (method,), {}, Budget(100, 50, 2), (0,))
+    (run,) = plan(protocol, tmp_path / "runs", envs=["toy/bandit"])
+    path = tmp_path / "toy/bandit" / "data.hdf5"
+    assert run.command()[-2:] == ["--dataset", str(path)]
+    assert run.state() == "missing"
+    assert run.missing_prerequisite() == (
+        f"missing prerequisite: {path} (make it with make-data toy/bandit)"
+    )
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert run.state() == "new"
+    assert method_command(method) == "flowpolicy train fql --dataset " + data.path
 
 
 def test_every_protocol_is_a_command_line_choice() -> None:
