@@ -431,7 +431,7 @@ MULTIMODALITY = Protocol(
             "fql",
             ("fql", "--preset", "fql-cpu", *TOY_BATCH, *TOY_CHUNK, *TOY_FQL),
             source="fql_cpu() online from scratch with tests/test_learning.py's bandit settings "
-            "(3x64 networks, lr 1e-3, normalised Q loss, alpha 1)",
+            "(2x64 networks, lr 1e-3, normalised Q loss, alpha 1)",
         ),
     ),
     budgets={
