@@ -16,8 +16,11 @@ paragraph saying what was wrong and what to do, and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -248,6 +251,21 @@ def run_plot(args: list[str]) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def parse_on_rank_0_only() -> Iterator[None]:
+    """Under torchrun every rank parses the same options: only rank 0 prints their errors and
+    help (the other ranks exit with the same code, silently)."""
+    if os.environ.get("RANK", "0") == "0":
+        yield
+        return
+    with (
+        open(os.devnull, "w") as null,
+        contextlib.redirect_stdout(null),
+        contextlib.redirect_stderr(null),
+    ):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flowpolicy`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -261,15 +279,18 @@ def main(argv: list[str] | None = None) -> int:
             from flowpolicy.train import default_run_dir, resume, train
 
             if args and args[0] == "--resume":
-                run_dir, device = parse_resume(args)
+                with parse_on_rank_0_only():
+                    run_dir, device = parse_resume(args)
                 result = resume(run_dir, device=device)
             else:
-                config = parse_train(args)
+                with parse_on_rank_0_only():
+                    config = parse_train(args)
                 if config.run_dir is None:
                     config = replace(config, run_dir=str(default_run_dir(config)))
                 run_dir = config.run_dir
                 result = train(config)
-            print(f"done: {result.run_dir}")
+            if os.environ.get("RANK", "0") == "0":
+                print(f"done: {result.run_dir}")
             return 0
         if command == "eval":
             return run_eval(args)
@@ -281,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_plot(args)
         raise UserError(f"Unknown command {command!r}.\n{USAGE}")
     except UserError as error:
-        stderr.print(f"[bold red]error:[/] {escape(str(error))}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
+            stderr.print(f"[bold red]error:[/] {escape(str(error))}")
         return 2
     except KeyboardInterrupt:
         where = f" with `flowpolicy train --resume {run_dir}`" if run_dir else ""

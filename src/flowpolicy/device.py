@@ -8,6 +8,7 @@ CUDA device's generator, so a resumed run draws the numbers the uninterrupted on
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from typing import Any
@@ -77,7 +78,10 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        if "WORLD_SIZE" in os.environ:  # a torchrun rank draws on its own GPU only: touching
+            state["cuda_own"] = torch.cuda.get_rng_state()  # the others would open contexts
+        else:
+            state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
@@ -87,6 +91,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
+    if "cuda_own" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_own"].cpu())  # this rank's (current) GPU
     cuda_states = state.get("cuda")
     if cuda_states and torch.cuda.is_available():
         count = min(len(cuda_states), torch.cuda.device_count())

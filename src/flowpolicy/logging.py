@@ -149,3 +149,21 @@ class Logger:
             self.writer.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+class SilentLogger:
+    """The logger of ranks 1.. of a torchrun job: rank 0 alone writes the run's metrics."""
+
+    lines = 0
+
+    def log(self, step: int, wall_time: float, metrics: dict[str, float]) -> None:
+        """Nothing: rank 0 logs."""
+
+    def print(self, message: str) -> None:
+        """Nothing: rank 0 prints."""
+
+    def progress(self, step: int, total: int, steps_per_second: float, status: str) -> None:
+        """Nothing: rank 0 shows the progress."""
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowpolicy import ddpm, flows
+from flowpolicy import ddpm, distributed, flows
 from flowpolicy.nets import (
     Activation,
     DenoisingMLP,
@@ -96,7 +96,10 @@ class RunningNorm(_DefaultedBuffers):
         if self.frozen:
             return
         x = x.reshape(-1, self.mean.shape[0]).double()
-        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        if distributed.active():  # every rank's batch together, so all keep the same statistics
+            batch_mean, batch_var, batch_count = distributed.global_moments(x)
+        else:
+            batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
         delta = batch_mean - self.mean
         total = self.count + batch_count
         new_mean = self.mean + delta * batch_count / total

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flowpolicy import distributed
+
 
 def gae(
     rewards: Tensor,
@@ -95,7 +97,7 @@ def update_abs_reward_ema(ema: float | None, rewards: Tensor, rate: float) -> fl
     """One step of the exponential moving average of the batch's mean ``|r|`` (RLDT's reward
     scale; the released code's ``EMARewardScaler``).
 
-    The first batch with a non-zero mean seeds the average; all-zero batches (a sparse task that
+    In a torchrun job the batch is every rank's together. The first batch with a non-zero mean seeds the average; all-zero batches (a sparse task that
     has not succeeded yet) leave it unchanged so the scale cannot collapse.
 
     Args:
@@ -106,7 +108,7 @@ def update_abs_reward_ema(ema: float | None, rewards: Tensor, rate: float) -> fl
     Returns:
         The new average (None while every batch so far was all-zero).
     """
-    batch_mean = float(rewards.abs().mean())
+    batch_mean = distributed.all_mean(float(rewards.abs().mean()))  # over every rank's batch
     if batch_mean < 1e-8:
         return ema
     if ema is None:

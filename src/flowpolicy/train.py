@@ -25,6 +25,7 @@ import torch
 import tyro
 from torch import Tensor, nn
 
+from flowpolicy import distributed
 from flowpolicy.algos.fpo import FPOConfig
 from flowpolicy.algos.presets import find_preset, overridden_values
 from flowpolicy.algos.registry import ALGORITHMS, find_algorithm, spec_of_config
@@ -49,7 +50,7 @@ from flowpolicy.envs.registry import VectorKind
 from flowpolicy.envs.tensor_env import TensorVectorEnv, make_tensor_env
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
-from flowpolicy.logging import Logger, WandbMode, start_wandb
+from flowpolicy.logging import Logger, SilentLogger, WandbMode, start_wandb
 from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, load_policy_from, save_policy
 
 AlgoConfig = Union[tuple(spec.config for spec in ALGORITHMS.values())]  # noqa: UP007
@@ -132,11 +133,13 @@ class TrainResult:
 # ----------------------------------------------------------------------------- config files
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    """JSON-ready resolved config, with the algorithm's name and, for a run from a preset, the
-    preset values that options replaced (``preset_overrides``, for readers; not read back)."""
+def config_to_dict(config: TrainConfig, world_size: int = 1) -> dict[str, Any]:
+    """JSON-ready resolved config, with the algorithm's name, the number of processes that
+    train it (``world_size``, torchrun's) and, for a run from a preset, the preset values that
+    options replaced (``preset_overrides``, for readers; not read back)."""
     data = dataclasses.asdict(config)
     data["algo_name"] = config.algo_name
+    data["world_size"] = world_size
     if config.preset is not None:
         preset = find_preset(config.algo_name, config.preset)
         data["preset_overrides"] = json_ready(overridden_values(preset, config.algo))
@@ -152,6 +155,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`config_to_dict` (tuples restored from JSON lists)."""
     data = dict(data)
     data.pop("preset_overrides", None)
+    data.pop("world_size", None)
     algo_name = data.pop("algo_name")
     algo_class = find_algorithm(algo_name).config
     algo_fields = {f.name: f for f in dataclasses.fields(algo_class)}
@@ -198,6 +202,56 @@ def require_wandb() -> None:
             "--wandb-project needs the wandb package, which is not installed. Install it with "
             "`pip install 'flowpolicy[wandb]'` (or `pip install wandb`), or leave out "
             "--wandb-project; TensorBoard events are written either way."
+        )
+
+
+def run_world_size(run_dir: str | Path) -> int:
+    """How many processes trained the run in ``run_dir`` (1 for runs from before torchrun)."""
+    return int(json.loads((Path(run_dir) / "config.json").read_text()).get("world_size", 1))
+
+
+def rank_config(config: TrainConfig, world_size: int) -> TrainConfig:
+    """The config each of ``world_size`` ranks runs: its share of ``num_envs``, everything else
+    unchanged (so each rank's batch, and each minibatch, is 1/world_size of the whole).
+
+    Raises:
+        UserError: the env count, or a rank's batch, does not split over the ranks.
+    """
+    if world_size == 1:
+        return config
+    num_envs = config.algo.num_envs
+    if num_envs % world_size:
+        raise UserError(
+            f"--num-envs {num_envs} does not split over {world_size} processes: each rank "
+            f"steps num_envs / world_size envs. Pass a multiple of {world_size} (e.g. "
+            f"--num-envs {world_size * max(1, num_envs // world_size)}) or start "
+            "torchrun with a --nproc-per-node (times --nnodes) that divides it."
+        )
+    try:
+        algo = dataclasses.replace(config.algo, num_envs=num_envs // world_size)
+    except ValueError as error:
+        raise UserError(
+            f"With {world_size} processes each rank steps {num_envs // world_size} of the "
+            f"{num_envs} envs, and its share of the batch does not fit the update: {error} "
+            "Use fewer processes, more envs, or fewer --num-minibatches."
+        ) from error
+    return dataclasses.replace(config, algo=algo)
+
+
+def check_resume_world_size(run_dir: Path, world_size: int) -> None:
+    """A run resumes only with the number of processes it was trained with: each rank's envs,
+    RNG and replay are in the checkpoint."""
+    trained_with = run_world_size(run_dir)
+    if trained_with != world_size:
+        how = (
+            f"`torchrun --nproc-per-node {trained_with} -m flowpolicy train --resume {run_dir}`"
+            if trained_with > 1
+            else f"`flowpolicy train --resume {run_dir}` (one process, without torchrun)"
+        )
+        raise UserError(
+            f"{run_dir} was trained with {trained_with} process(es) and cannot resume with "
+            f"{world_size}: every rank's envs, random state and replay are in its checkpoint, "
+            f"one per rank. Resume it with {how}, or start a new run."
         )
 
 
@@ -364,12 +418,15 @@ class EpisodeStats:
 
     def pop_metrics(self) -> dict[str, float]:
         """Mean over episodes finished since the last call (empty if none finished)."""
-        count = int(self.finished)
+        # Every rank's episodes together in a torchrun job (one small all-reduce).
+        sums = torch.stack([self.finished.double(), self.return_sum, self.length_sum.double()])
+        finished, return_sum, length_sum = distributed.all_sum(sums).tolist()
+        count = int(finished)
         metrics = {}
         if count:
             metrics = {
-                "charts/episode_return": float(self.return_sum) / count,
-                "charts/episode_length": float(self.length_sum) / count,
+                "charts/episode_return": return_sum / count,
+                "charts/episode_length": length_sum / count,
                 "charts/episodes": float(count),
             }
         self._zero_sums()
@@ -391,11 +448,17 @@ def train(
         env_factory: optional zero-argument callable returning a Gymnasium env.
         resume: continue the run in ``config.run_dir`` from its last checkpoint.
 
+    Under ``torchrun`` (``WORLD_SIZE`` set) this is one rank of a data-parallel run
+    (:mod:`flowpolicy.distributed`): it steps ``num_envs / world_size`` envs seeded after the
+    ranks before it, averages gradients with the others at every optimiser step, and leaves
+    the run directory, logging and evaluation to rank 0.
+
     Raises:
         UserError: bad env, unreadable run directory, or a loss that became NaN/inf (the last
             good checkpoint is left untouched and ``stopped.json`` records the stop), or a
-            resume of a run that such a loss stopped.
+            resume of a run that such a loss stopped, or with another number of processes.
     """
+    ranks = distributed.ranks_from_environment()
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     if not resume and (run_dir / CHECKPOINT_NAME).exists():
         raise UserError(
@@ -404,29 +467,36 @@ def train(
         )
     if resume:
         refuse_resume_if_stopped(run_dir)
+        check_resume_world_size(run_dir, ranks.world_size)
     if config.wandb_project is not None:
         require_wandb()
-    device = resolve_device(config.device)
+    device = distributed.rank_device(resolve_device(config.device), ranks)
     torch.set_num_threads(config.torch_threads)
     init_policy = load_init_policy(config, run_dir, resume)
     config = with_policy_settings(config, init_policy)
-    seed_everything(config.seed)
+    cfg = rank_config(config, ranks.world_size).algo  # this rank's share of the envs
+    distributed.start(device, ranks)
+    seed_everything(config.seed)  # the same on every rank: the same initial weights
+    env_seed = config.seed + ranks.rank * cfg.num_envs  # rank r's envs follow rank r-1's
     env_spec = env_factory if env_factory is not None else config.env
-    cfg = config.algo
     envs = make_tensor_env(
         env_spec,
         cfg.num_envs,
-        seed=config.seed,
+        seed=env_seed,
         chunk_exec=cfg.chunk_exec,
         device=device,
         vector_env=config.vector_env,
     )
-    algo = build_algorithm(config, envs, init_policy, device)
+    algo = build_algorithm(dataclasses.replace(config, algo=cfg), envs, init_policy, device)
+    if ranks.rank > 0:
+        seed_everything(env_seed)  # then each rank draws its own actions and minibatches
     dataset = load_offline_dataset(config, envs)
     if dataset is not None:  # before a resume's load_state_dict: the replay is rebuilt from it
         algo.load_offline_data(dataset)
-    obs = envs.reset(seed=config.seed)  # (N, Do) on the device
-    steps_per_iteration = cfg.num_envs * cfg.num_steps * cfg.chunk_exec
+    obs = envs.reset(seed=env_seed)  # (N, Do) on the device
+    # Env steps of all ranks together: --total-steps and the logged steps count them all.
+    steps_per_vector_step = cfg.num_envs * cfg.chunk_exec * ranks.world_size
+    steps_per_iteration = steps_per_vector_step * cfg.num_steps
     stats = EpisodeStats(cfg.num_envs, device)
     global_step, iteration, wall_offset = 0, 0, 0.0
     keep_lines = resume_step = None
@@ -435,6 +505,8 @@ def train(
         # Loaded straight onto this run's device: a run checkpointed on a GPU resumes on a CPU
         # and the other way round.
         checkpoint_state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+        if ranks.rank > 0:  # rank 0's state is the checkpoint's own, the others' are listed
+            checkpoint_state = checkpoint_state["other_ranks"][ranks.rank - 1]
         algo.load_state_dict(checkpoint_state["algo"])
         loop = checkpoint_state["loop"]
         global_step, iteration, wall_offset = (
@@ -449,33 +521,42 @@ def train(
         envs.load_state(loop["env_state"])
         set_rng_state(loop["rng"])
         keep_lines, resume_step = loop["metrics_lines"], global_step
-    else:
+    elif ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+        saved_config = config_to_dict(config, ranks.world_size)
+        (run_dir / "config.json").write_text(json.dumps(saved_config, indent=2) + "\n")
         if init_policy is not None:
             save_policy(run_dir / INIT_POLICY_NAME, init_policy, {"source": str(config.init)})
 
     wandb_run = None
-    if config.wandb_project is not None:
+    if config.wandb_project is not None and ranks.is_main:
         wandb_run = start_wandb(
             run_dir, config.wandb_project, config.wandb_mode, config_to_dict(config)
         )
-    logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet, wandb_run)
+    if ranks.is_main:
+        logger = Logger(
+            run_dir, keep_lines, resume_step, config.tensorboard, config.quiet, wandb_run
+        )
+    else:
+        logger = SilentLogger()
     start = time.perf_counter()
 
     def wall_time() -> float:
         return wall_offset + time.perf_counter() - start
 
     def evaluate() -> dict[str, float]:
-        metrics = evaluate_modes(
-            algo.eval_policy,
-            env_spec,
-            config.eval_episodes,
-            config.seed + EVAL_SEED_OFFSET,
-            cfg.chunk_exec,
-        )
-        logger.log(global_step, wall_time(), metrics)
-        return metrics
+        """Rank 0 evaluates; every rank gets its numbers (a stop_at_return stops them all)."""
+        metrics = {}
+        if ranks.is_main:
+            metrics = evaluate_modes(
+                algo.eval_policy,
+                env_spec,
+                config.eval_episodes,
+                config.seed + EVAL_SEED_OFFSET,
+                cfg.chunk_exec,
+            )
+            logger.log(global_step, wall_time(), metrics)
+        return distributed.broadcast_from_main(metrics)
 
     checkpoint_step = global_step
 
@@ -493,11 +574,15 @@ def train(
             "metrics_lines": logger.lines,
             "last_eval": last_eval,
         }
-        save_checkpoint(
-            run_dir / CHECKPOINT_NAME,
-            {"algo": algo.state_dict(), "loop": loop_state, "config": config_to_dict(config)},
-        )
-        export_policy()
+        # Rank 0 writes every rank's state (envs, RNG, replay) into the one checkpoint.
+        own = {"algo": algo.state_dict(), "loop": loop_state}
+        states = distributed.gather_to_main(None if ranks.is_main else distributed.to_cpu(own))
+        if ranks.is_main:
+            state = own | {"config": config_to_dict(config, ranks.world_size)}
+            if ranks.distributed:
+                state["other_ranks"] = states[1:]
+            save_checkpoint(run_dir / CHECKPOINT_NAME, state)
+            export_policy()
         checkpoint_step = global_step
 
     def export_policy() -> None:
@@ -514,8 +599,10 @@ def train(
         save_policy(run_dir / POLICY_NAME, algo.eval_policy, metadata)
 
     if not resume:
+        processes = f", {ranks.world_size} processes" if ranks.distributed else ""
         logger.print(
-            f"[bold]flowpolicy[/] {config.algo_name} on {config.env} ({device}) -> {run_dir}"
+            f"[bold]flowpolicy[/] {config.algo_name} on {config.env} ({device}{processes}) "
+            f"-> {run_dir}"
         )
         last_eval = evaluate()
         checkpoint()
@@ -524,7 +611,7 @@ def train(
         # The last evaluation travels with the checkpoint so that a stop_at_return reached just
         # before a crash still ends the resumed run, and done.json reports it.
         last_eval = checkpoint_state["loop"].get("last_eval", {})
-        if not (run_dir / POLICY_NAME).is_file():  # a run from before policy.pt exports
+        if ranks.is_main and not (run_dir / POLICY_NAME).is_file():  # from before policy.pt
             export_policy()
     next_eval = (
         (global_step // config.eval_every + 1) * config.eval_every if config.eval_every else None
@@ -567,7 +654,7 @@ def train(
                 )
                 stats.add(step.reward, step.done, cfg.chunk_exec)
                 obs = step.obs
-                global_step += cfg.num_envs * cfg.chunk_exec
+                global_step += steps_per_vector_step
             tick = time.perf_counter()
             metrics = algo.update(buffer.batch(progress))
             update_time = time.perf_counter() - tick
@@ -601,6 +688,8 @@ def train(
     except NonFiniteLossError as error:
         # Resuming would replay the same numbers into the same stop: record it so that a
         # resume (and the benchmark harness) says so instead of repeating it.
+        if not ranks.is_main:
+            raise UserError(f"rank {ranks.rank}: {error}") from error
         raise record_stop(run_dir, global_step, checkpoint_step, str(error), "Training") from error
     finally:
         envs.close()
@@ -609,7 +698,9 @@ def train(
     final = {"step": global_step, "wall_time": round(wall_time(), 3)} | last_eval
     if target_reached():
         final["stopped_at_return"] = config.stop_at_return
-    save_json(run_dir / "done.json", final)
+    if ranks.is_main:
+        save_json(run_dir / "done.json", final)
+    distributed.stop()
     return TrainResult(run_dir, final)
 
 
@@ -623,8 +714,9 @@ def load_algorithm(
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, map_location=device)
     init_policy = load_init_policy(config, Path(run_dir), resume=True)
     envs = make_tensor_env(config.env, 1, seed=config.seed, chunk_exec=config.algo.chunk_exec)
-    try:
-        algo = build_algorithm(config, envs, init_policy, device)
+    try:  # rank 0's algorithm (its share of the envs), whose state the checkpoint holds
+        rank0 = rank_config(config, run_world_size(run_dir))
+        algo = build_algorithm(rank0, envs, init_policy, device)
     finally:
         envs.close()
     algo.load_state_dict(checkpoint["algo"])
@@ -658,5 +750,8 @@ def resume(
     if device is not None:
         resolve_device(device)  # a bad device fails before anything is written
         config = dataclasses.replace(config, device=device)
-        save_json(Path(run_dir) / "config.json", config_to_dict(config))
+        if distributed.is_main_process():
+            save_json(
+                Path(run_dir) / "config.json", config_to_dict(config, run_world_size(run_dir))
+            )
     return train(config, env_factory=env_factory, resume=True)

@@ -47,6 +47,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from flowpolicy import distributed
 from flowpolicy.algos import onpolicy
 from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, ValueCriticConfig
 from flowpolicy.algos.denoising_mdp import (
@@ -59,7 +60,6 @@ from flowpolicy.algos.denoising_mdp import (
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
 from flowpolicy.buffers import RolloutBatch
-from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.nets import Activation, ResidualMLP, residual_shape
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, Network
 
@@ -403,11 +403,7 @@ class DPPO:
     def _optimizer_step(self, loss: Tensor, train_actor: bool) -> float:
         """Backward, then step the critic and (after the warm-up) the actor. Refuses a
         non-finite loss. Returns the actor's gradient norm before clipping."""
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        distributed.synced_backward(loss, [self.actor_optimizer, self.critic_optimizer])
         limit = math.inf if self.config.max_grad_norm is None else self.config.max_grad_norm
         grad_norm = nn.utils.clip_grad_norm_(self.policy.actor.parameters(), limit)
         if train_actor:
@@ -474,7 +470,8 @@ class DPPO:
                 cfg.num_pairs, cfg.num_minibatches, batch.obs.device
             ):
                 history.append(self.minibatch_step(prepared, pairs, train_actor))
-                kl = history[-1]["policy/approx_kl"]
+                # Every rank must stop at the same minibatch: the KL of the whole minibatch.
+                kl = distributed.all_mean(history[-1]["policy/approx_kl"])
                 stopped = cfg.target_kl is not None and kl > cfg.target_kl
                 if stopped:
                     break  # as in the authors' code, the KL stop ends the whole update

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from flowpolicy import distributed
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import ValueNet
-from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.policies import RunningNorm
 from flowpolicy.returns import gae
 
@@ -120,7 +120,14 @@ def straight_through_clamp(x: Tensor, upper: float) -> Tensor:
 
 
 def normalize_advantages(advantages: Tensor) -> Tensor:
-    """Per-minibatch standardisation (CleanRL); a single-sample batch is left unchanged."""
+    """Per-minibatch standardisation (CleanRL); a single-sample batch is left unchanged.
+
+    In a torchrun job the minibatch is every rank's part together (its mean and unbiased std
+    over all ranks), so N ranks on N parts compute what one process computes on the whole."""
+    if distributed.active():
+        mean, var, count = distributed.global_moments(advantages.reshape(-1, 1))
+        std = (var * count / (count - 1).clamp(min=1)).sqrt().to(advantages.dtype)
+        return (advantages - mean.to(advantages.dtype)) / (std + 1e-8)
     if advantages.numel() < 2:
         return advantages
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -149,13 +156,11 @@ def optimizer_step(
     max_grad_norm: float | None,
 ) -> float:
     """Backward + (clipped) step. Refuses a non-finite loss so no NaN reaches the weights.
+    In a torchrun job the gradients are averaged over the ranks before clipping.
 
     Returns the gradient norm before clipping (over all groups together).
     """
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    distributed.synced_backward(loss, [optimizer])  # the ranks' mean gradient; NaN guard
     limit = math.inf if max_grad_norm is None else max_grad_norm
     nested = len(parameters) > 0 and not isinstance(parameters[0], nn.Parameter)
     groups = parameters if nested else [parameters]

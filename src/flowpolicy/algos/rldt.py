@@ -51,7 +51,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from flowpolicy import flows
+from flowpolicy import distributed, flows
 from flowpolicy.algos.config_blocks import FlowActorConfig, OffPolicyConfig
 from flowpolicy.algos.offpolicy import OffPolicyAlgorithm, RunningMeans
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
@@ -340,6 +340,7 @@ class RLDT(OffPolicyAlgorithm):
                 raise NonFiniteLossError(f"actor loss is {loss.item()}; the update was not applied")
             (loss * (chunk.shape[0] / total)).backward()
             means.add(metrics, weight=chunk.shape[0])
+        distributed.sync_gradients([self.actor_optimizer], loss_is_finite=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), math.inf)
         self.actor_optimizer.step()
         self.actor_scheduler.step()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from flowpolicy.errors import NonFiniteLossError
+from flowpolicy import distributed
 from flowpolicy.nets import _ACTIVATIONS, Activation
 
 LOG_STD_BOUNDS = (-20.0, 2.0)
@@ -128,8 +128,5 @@ def evaluate(critics: nn.ModuleList, obs_normalised: Tensor, action: Tensor) -> 
 def step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     """Backward and one optimiser step (no gradient clipping, as Stable-Baselines3's SAC); a
     non-finite loss stops the run before it reaches the weights."""
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    distributed.synced_backward(loss, [optimizer])  # the ranks' mean gradient; NaN guard
     optimizer.step()
