@@ -141,3 +141,64 @@ def test_collectives_give_the_one_process_numbers(tmp_path) -> None:
         torch.testing.assert_close(got["adv"], expected_adv[rank * 32 : (rank + 1) * 32])
         torch.testing.assert_close(got["grad"], data.mean(0))
         assert got["ok"] is False  # rank 1's loss was not finite: no rank may step
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def ppo_args(run_dir: Path) -> list[str]:
+    return [
+        "train", "ppo", "--env", "toy/bandit", "--num-envs", "8", "--num-steps", "16",
+        "--num-minibatches", "4", "--total-steps", "8192", "--eval-every", "4096",
+        "--eval-episodes", "2", "--checkpoint-every", "2", "--run-dir", str(run_dir),
+        "--quiet", "True",
+    ]  # fmt: skip
+
+
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank (read from /proc), None while not started."""
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ:
+                return int(child)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_same_numbers(tmp_path) -> None:
+    import signal
+    import time
+
+    whole = tmp_path / "whole"
+    assert torchrun(*ppo_args(whole), cwd=tmp_path).returncode == 0
+
+    killed = tmp_path / "killed"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", "-m", "flowpolicy", *ppo_args(killed)]
+    job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+                           stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    metrics = killed / "metrics.jsonl"
+    while time.monotonic() < deadline:  # kill rank 1 once a few iterations are logged
+        if metrics.exists() and metrics.read_text().count("charts/iteration") >= 6:
+            break
+        time.sleep(0.02)
+    os.kill(rank_pid(job.pid, 1), signal.SIGKILL)
+    output, _ = job.communicate(timeout=120)  # the job ends: no rank waits forever
+    assert job.returncode != 0, output
+    assert "rank      : 1" in output and "Signal 9" in output.replace("signal 9", "Signal 9")
+    assert not (killed / "done.json").exists()  # stopped mid-run, the checkpoint intact
+    checkpoint = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert 0 < checkpoint["loop"]["global_step"] < 8192
+
+    resumed = torchrun("train", "--resume", str(killed), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    final = [torch.load(run / "checkpoint.pt", weights_only=False) for run in (whole, killed)]
+    ranks = [[run, *run["other_ranks"]] for run in final]
+    for a, b in zip(*ranks, strict=True):
+        for name, tensor in tensors(a["algo"]).items():
+            torch.testing.assert_close(tensor, tensors(b["algo"])[name], msg=name)
+    done = [json.loads((run / "done.json").read_text()) for run in (whole, killed)]
+    assert done[0] | {"wall_time": 0} == done[1] | {"wall_time": 0}
