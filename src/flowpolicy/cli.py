@@ -251,11 +251,18 @@ def run_plot(args: list[str]) -> int:
     return 0
 
 
+def on_rank_0() -> bool:
+    """True except on ranks 1.. of a torchrun job, which run the same command silently
+    (read here from torchrun's RANK, not flowpolicy.distributed, so the CLI starts without
+    importing torch)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def parse_on_rank_0_only() -> Iterator[None]:
     """Under torchrun every rank parses the same options: only rank 0 prints their errors and
     help (the other ranks exit with the same code, silently)."""
-    if os.environ.get("RANK", "0") == "0":
+    if on_rank_0():
         yield
         return
     with (
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     config = replace(config, run_dir=str(default_run_dir(config)))
                 run_dir = config.run_dir
                 result = train(config)
-            if os.environ.get("RANK", "0") == "0":
+            if on_rank_0():
                 print(f"done: {result.run_dir}")
             return 0
         if command == "eval":
@@ -302,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_plot(args)
         raise UserError(f"Unknown command {command!r}.\n{USAGE}")
     except UserError as error:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
+        if on_rank_0():  # under torchrun every rank stops; rank 0 says why
             stderr.print(f"[bold red]error:[/] {escape(str(error))}")
         return 2
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ CUDA device's generator, so a resumed run draws the numbers the uninterrupted on
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowpolicy import distributed
 from flowpolicy.errors import UserError
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
@@ -78,8 +78,8 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        if "WORLD_SIZE" in os.environ:  # a torchrun rank draws on its own GPU only: touching
-            state["cuda_own"] = torch.cuda.get_rng_state()  # the others would open contexts
+        if distributed.ranks_from_environment().distributed:  # a rank draws on its own GPU:
+            state["cuda_own"] = torch.cuda.get_rng_state()  # touching others opens contexts
         else:
             state["cuda"] = torch.cuda.get_rng_state_all()
     return state

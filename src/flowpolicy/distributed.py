@@ -149,32 +149,45 @@ def average_gradients(parameters: Iterable[Tensor], loss_is_finite: bool) -> boo
     return bool(flat[-1] == 0)
 
 
-def synced_backward(loss: Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+NON_FINITE_LOSS = "loss is {value}; the update was not applied"
+"""The default message of a refused step; ``{value}`` is the loss, or where it went bad."""
+
+
+def synced_backward(
+    loss: Tensor, optimizers: Sequence[torch.optim.Optimizer], message: str = NON_FINITE_LOSS
+) -> None:
     """The optimiser-step site's first half: zero the optimisers' gradients, backpropagate
     ``loss`` and average the gradients over the ranks, so the step that follows is the same on
     every rank.
 
     Raises:
-        NonFiniteLossError: on every rank, when the loss is NaN or infinite on any of them;
-            no weight has changed yet.
+        NonFiniteLossError: on every rank, when the loss is NaN or infinite on any of them
+            (``message`` with the value); no weight has changed yet.
     """
     finite = bool(torch.isfinite(loss))
-    if not finite and not active():
-        raise NonFiniteLossError(f"loss is {loss.item()}; the update was not applied")
+    if not finite and not active():  # alone: refuse before the backward pass
+        raise NonFiniteLossError(message.format(value=loss.item()))
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    sync_gradients(optimizers, finite)
+    sync_gradients(optimizers, None if finite else loss.detach(), message)
 
 
-def sync_gradients(optimizers: Sequence[torch.optim.Optimizer], loss_is_finite: bool) -> None:
+def sync_gradients(
+    optimizers: Sequence[torch.optim.Optimizer],
+    bad_loss: Tensor | None,
+    message: str = NON_FINITE_LOSS,
+) -> None:
     """Average the optimisers' gradients over the ranks (after one or several backward
-    passes); NonFiniteLossError on every rank when any rank's loss was not finite."""
+    passes). ``bad_loss``: this rank's non-finite loss, None when its losses were finite.
+
+    Raises:
+        NonFiniteLossError: on every rank when any rank had a non-finite loss.
+    """
     params = [p for optimizer in optimizers for p in optimizer_parameters(optimizer)]
-    if not average_gradients(params, loss_is_finite):
-        raise NonFiniteLossError(
-            "a loss is NaN or infinite on at least one rank; the update was not applied"
-        )
+    if not average_gradients(params, bad_loss is None):
+        value = "NaN or infinite on another rank" if bad_loss is None else bad_loss.item()
+        raise NonFiniteLossError(message.format(value=value))
 
 
 def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:

@@ -475,6 +475,7 @@ def train(
     init_policy = load_init_policy(config, run_dir, resume)
     config = with_policy_settings(config, init_policy)
     cfg = rank_config(config, ranks.world_size).algo  # this rank's share of the envs
+    saved_config = config_to_dict(config, ranks.world_size)
     distributed.start(device, ranks)
     seed_everything(config.seed)  # the same on every rank: the same initial weights
     env_seed = config.seed + ranks.rank * cfg.num_envs  # rank r's envs follow rank r-1's
@@ -523,16 +524,13 @@ def train(
         keep_lines, resume_step = loop["metrics_lines"], global_step
     elif ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved_config = config_to_dict(config, ranks.world_size)
         (run_dir / "config.json").write_text(json.dumps(saved_config, indent=2) + "\n")
         if init_policy is not None:
             save_policy(run_dir / INIT_POLICY_NAME, init_policy, {"source": str(config.init)})
 
     wandb_run = None
     if config.wandb_project is not None and ranks.is_main:
-        wandb_run = start_wandb(
-            run_dir, config.wandb_project, config.wandb_mode, config_to_dict(config)
-        )
+        wandb_run = start_wandb(run_dir, config.wandb_project, config.wandb_mode, saved_config)
     if ranks.is_main:
         logger = Logger(
             run_dir, keep_lines, resume_step, config.tensorboard, config.quiet, wandb_run
@@ -578,7 +576,7 @@ def train(
         own = {"algo": algo.state_dict(), "loop": loop_state}
         states = distributed.gather_to_main(None if ranks.is_main else distributed.to_cpu(own))
         if ranks.is_main:
-            state = own | {"config": config_to_dict(config, ranks.world_size)}
+            state = own | {"config": saved_config}
             if ranks.distributed:
                 state["other_ranks"] = states[1:]
             save_checkpoint(run_dir / CHECKPOINT_NAME, state)

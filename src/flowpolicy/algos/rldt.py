@@ -64,7 +64,6 @@ from flowpolicy.algos.transport import (
 )
 from flowpolicy.algos.validation import require_non_negative, require_positive
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch
-from flowpolicy.errors import NonFiniteLossError
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
 
@@ -334,13 +333,16 @@ class RLDT(OffPolicyAlgorithm):
         total = obs_normalised.shape[0]
         self.actor_optimizer.zero_grad(set_to_none=True)
         means = RunningMeans()
+        bad_loss = None  # the first non-finite chunk loss: no step, on any rank
         for chunk in obs_normalised.split(self.config.actor_chunk_states):
             loss, metrics = self.transport_loss(chunk, gradient_fn)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"actor loss is {loss.item()}; the update was not applied")
+                bad_loss = loss.detach()
+                break
             (loss * (chunk.shape[0] / total)).backward()
             means.add(metrics, weight=chunk.shape[0])
-        distributed.sync_gradients([self.actor_optimizer], loss_is_finite=True)
+        refused = "actor " + distributed.NON_FINITE_LOSS
+        distributed.sync_gradients([self.actor_optimizer], bad_loss, refused)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), math.inf)
         self.actor_optimizer.step()
         self.actor_scheduler.step()
