@@ -38,16 +38,7 @@ else
   pairs=("CheetahRun 0" "FingerSpin 0" "BallInCup 0" "ReacherHard 0")
 fi
 
-step() {  # step NAME SECONDS COMMAND...: one step under a time limit, its output in log.txt
-  local name=$1 limit=$2; shift 2
-  echo "=== $name (limit ${limit}s): $*" | tee -a "$OUT/log.txt"
-  local start=$SECONDS
-  timeout "$limit" "$@" > "$WORK/$name.txt" 2>&1
-  local rc=$?
-  cat "$WORK/$name.txt" >> "$OUT/log.txt"
-  tail -n 12 "$WORK/$name.txt"
-  echo "=== $name: exit $rc after $((SECONDS - start))s" | tee -a "$OUT/log.txt"
-}
+source benchmarks/gpu_steps.sh  # step
 
 {
   date -u
