@@ -115,13 +115,19 @@ def measure(
     init: Path | None = None,
     src: Path = REPO / "src",
     train_args: str = "",
+    processes: int = 1,
 ) -> Throughput:
     """Train ``method`` on ``env`` in a temporary directory, with the library at ``src``, and
-    read its timing metrics."""
+    read its timing metrics; ``processes`` > 1 runs it data-parallel under torchrun (the env
+    steps then count every rank's, the times are rank 0's)."""
     algo, _, preset = method.partition(":")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        command = [sys.executable, "-m", "flowpolicy", "train", algo, "--env", env]
+        command = [sys.executable]
+        if processes > 1:
+            command += ["-m", "torch.distributed.run", "--standalone"]
+            command += [f"--nproc-per-node={processes}"]
+        command += ["-m", "flowpolicy", "train", algo, "--env", env]
         command += ["--preset", preset] if preset else []
         command += ["--total-steps", str(steps), "--eval-every", "0", "--eval-episodes", "1"]
         command += ["--torch-threads", str(threads), "--tensorboard", "False", "--quiet", "True"]

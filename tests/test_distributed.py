@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,10 @@ def flowpolicy(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def tensors(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    if isinstance(state, dict):
+    if isinstance(state, dict | list | tuple):
+        items = state.items() if isinstance(state, dict) else enumerate(state)
         out = {}
-        for key, value in state.items():
+        for key, value in items:
             out |= tensors(value, f"{prefix}/{key}")
         return out
     return {prefix: state} if torch.is_tensor(state) else {}
@@ -106,6 +108,30 @@ def test_an_env_count_the_ranks_cannot_share_exits_2_from_rank_0_only(tmp_path) 
     assert not (tmp_path / "run").exists()
 
 
+def test_an_off_policy_run_keeps_one_replay_per_rank_and_the_same_weights(tmp_path) -> None:
+    """RLDT end to end: each rank fills its own replay, every update leaves identical weights."""
+    run_dir = tmp_path / "rldt"
+    flags = ["--num-envs", "4", "--num-steps", "8", "--flow-steps", "4", "--chunk", "1"]
+    flags += ["--chunk-exec", "1", "--actor-hidden", "16", "--critic-hidden", "16"]
+    flags += ["--num-particles", "4", "--rounds", "2", "--critic-steps", "4", "--actor-steps", "2"]
+    flags += ["--min-extrp-step", "2", "--critic-warmup-iterations", "1"]
+    run = ["--env", "toy/nav", "--total-steps", "96", "--eval-every", "64", "--eval-episodes"]
+    run += ["2", "--checkpoint-every", "1", "--run-dir", str(run_dir), "--quiet", "True"]
+    result = torchrun("train", "rldt", *flags, *run, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    rank0 = tensors(checkpoint["algo"])
+    rank1 = tensors(checkpoint["other_ranks"][0]["algo"])
+    replay = [name for name in rank0 if "replay" in name]
+    assert replay and any(not torch.equal(rank0[name], rank1[name]) for name in replay)
+    shared = [name for name in rank0 if "replay" not in name]
+    assert any("optimizer" in name for name in shared)
+    for name in shared:
+        assert torch.equal(rank0[name], rank1[name]), name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({row["step"] for row in rows if "charts/iteration" in row}) == [32, 64, 96]
+
+
 # ----------------------------------------------------------------------------- collectives
 
 
@@ -165,28 +191,47 @@ def rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
-def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_same_numbers(tmp_path) -> None:
+def count_in(path: Path, text: str) -> int:
+    return path.read_text().count(text) if path.exists() else 0
+
+
+def kill_rank_1_when(
+    args: list[str], cwd: Path, ready: Callable[[], bool]
+) -> tuple[subprocess.Popen, str]:
+    """Start ``flowpolicy *args`` on 2 processes, SIGKILL rank 1 once ``ready()``, and wait for
+    the job to end; (the job, its output)."""
     import signal
     import time
 
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", "-m", "flowpolicy", *args]
+    job = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True,
+                           stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 300  # a loaded CI machine starts 2 ranks slowly
+    while time.monotonic() < deadline and not ready() and job.poll() is None:
+        time.sleep(0.02)
+    rank_1 = rank_pid(job.pid, 1) if job.poll() is None else None
+    if rank_1 is None:
+        job.kill()
+        output, _ = job.communicate(timeout=60)
+        pytest.fail(f"the job ended (or never got ready) before rank 1 could be killed:\n{output}")
+    os.kill(rank_1, signal.SIGKILL)
+    output, _ = job.communicate(timeout=120)  # the job ends: no rank waits forever
+    return job, output
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_same_numbers(tmp_path) -> None:
     whole = tmp_path / "whole"
     assert torchrun(*ppo_args(whole), cwd=tmp_path).returncode == 0
 
     killed = tmp_path / "killed"
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node=2", "-m", "flowpolicy", *ppo_args(killed)]
-    job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
-                           stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 120
     metrics = killed / "metrics.jsonl"
-    while time.monotonic() < deadline:  # kill rank 1 once a few iterations are logged
-        if metrics.exists() and metrics.read_text().count("charts/iteration") >= 6:
-            break
-        time.sleep(0.02)
-    os.kill(rank_pid(job.pid, 1), signal.SIGKILL)
-    output, _ = job.communicate(timeout=120)  # the job ends: no rank waits forever
+    # kill rank 1 once a few iterations are logged
+    job, output = kill_rank_1_when(
+        ppo_args(killed), tmp_path, lambda: count_in(metrics, "charts/iteration") >= 6
+    )
     assert job.returncode != 0, output
     assert "rank      : 1" in output and "Signal 9" in output.replace("signal 9", "Signal 9")
     assert not (killed / "done.json").exists()  # stopped mid-run, the checkpoint intact
@@ -202,3 +247,74 @@ def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_same_numbers(tmp_
             torch.testing.assert_close(tensor, tensors(b["algo"])[name], msg=name)
     done = [json.loads((run / "done.json").read_text()) for run in (whole, killed)]
     assert done[0] | {"wall_time": 0} == done[1] | {"wall_time": 0}
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+def pretrain_args(dataset: str, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "pretrain", "--dataset", dataset, "--policy", "flow", "--chunk", "1",
+        "--hidden", "16", "16", "16", "--batch-size", "32", "--gradient-steps", "3000",
+        "--log-every", "50", "--eval-every", "0", "--eval-episodes", "2",
+        "--checkpoint-every", "100", "--ema-start", "10", "--seed", "3",
+        "--run-dir", str(run_dir), "--tensorboard", "False", "--quiet", "True", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_pretraining_shards_the_data_and_resumes_to_the_same_numbers(tmp_path) -> None:
+    """BC on 2 processes: rank 0 alone writes, every rank's RNG is checkpointed, a killed rank
+    ends the job, and a 2-process resume ends with the uninterrupted run's weights."""
+    from tests.test_pretrain import bandit_dataset, metric_rows
+
+    dataset = bandit_dataset(tmp_path / "bandit.hdf5")
+    whole = tmp_path / "whole"
+    result = torchrun(*pretrain_args(dataset, whole), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("done:") == 1
+    assert json.loads((whole / "config.json").read_text())["world_size"] == 2
+    checkpoint = torch.load(whole / "checkpoint.pt", weights_only=False)
+    assert len(checkpoint["other_ranks"]) == 1 and "rng" in checkpoint["other_ranks"][0]
+    assert [row["step"] for row in metric_rows(whole) if "loss/bc" in row][-1] == 3000
+
+    killed = tmp_path / "killed"
+    metrics = killed / "metrics.jsonl"
+    job, output = kill_rank_1_when(
+        pretrain_args(dataset, killed), tmp_path, lambda: count_in(metrics, "loss/bc") >= 4
+    )
+    assert job.returncode != 0 and not (killed / "done.json").exists(), output
+    assert 0 < torch.load(killed / "checkpoint.pt", weights_only=False)["loop"]["step"] < 3000
+    assert flowpolicy("pretrain", "--resume", str(killed), cwd=tmp_path).returncode == 2
+    resumed = torchrun("pretrain", "--resume", str(killed), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    final = [torch.load(run / "checkpoint.pt", weights_only=False) for run in (whole, killed)]
+    for name, tensor in tensors(final[0]["bc"]).items():
+        torch.testing.assert_close(tensor, tensors(final[1]["bc"])[name], msg=name)
+    assert metric_rows(whole) == metric_rows(killed)
+
+
+def test_a_batch_the_ranks_cannot_share_exits_2_from_rank_0_only(tmp_path) -> None:
+    from tests.test_pretrain import bandit_dataset
+
+    dataset = bandit_dataset(tmp_path / "bandit.hdf5")
+    result = torchrun(*pretrain_args(dataset, tmp_path / "run", "--batch-size", "33"), cwd=tmp_path)
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())
+    assert output.count("--batch-size 33 does not split over 2 processes") == 1
+    assert "flowpolicy/pretrain.py" not in output  # no traceback from a rank
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_more_ranks_than_gpus_are_refused_unless_they_may_share(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    second = distributed.Ranks(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    monkeypatch.delenv(distributed.SHARE_GPUS, raising=False)
+    with pytest.raises(distributed.UserError, match="FLOWPOLICY_SHARE_GPUS=1"):
+        distributed.rank_device(torch.device("cuda"), second)
+    monkeypatch.setenv(distributed.SHARE_GPUS, "1")
+    assert distributed.rank_device(torch.device("cuda"), second) == torch.device("cuda", 0)
+    assert distributed.rank_device(torch.device("cpu"), second) == torch.device("cpu")

@@ -329,6 +329,10 @@ def test_cli_help_and_user_errors(tmp_path, capsys):
         main(["pretrain", "--dataset", dataset, "--chunk", "2", "--chunk-exec", "3"])
     assert exit_info.value.code == 2
     assert "chunk_exec (3) must be between 1 and chunk (2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # found before any network is built
+        main(["pretrain", "--dataset", dataset, "--hidden", "16", "16"])
+    assert exit_info.value.code == 2
+    assert "(1 + 2 * blocks) of equal" in " ".join(capsys.readouterr().err.split())
     assert main(["pretrain", "--dataset", str(tmp_path / "missing.hdf5")]) == 2
     assert main(["pretrain", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a pretrain run directory" in capsys.readouterr().err

@@ -210,13 +210,14 @@ def run_pretrain(args: list[str]) -> int:
         result = pretrain.resume(run_dir)
     else:
         try:
-            config = tyro.cli(
-                pretrain.PretrainConfig,
-                args=args,
-                config=TYRO_CONFIG,
-                prog="flowpolicy pretrain",
-                description="Behaviour-clone a policy on a dataset (DPPO/ReinFlow defaults).",
-            )
+            with parse_on_rank_0_only():
+                config = tyro.cli(
+                    pretrain.PretrainConfig,
+                    args=args,
+                    config=TYRO_CONFIG,
+                    prog="flowpolicy pretrain",
+                    description="Behaviour-clone a policy on a dataset (DPPO/ReinFlow defaults).",
+                )
         except ValueError as error:  # raised by the configs' __post_init__ checks
             raise UserError(f"Invalid pretrain option: {error}") from error
         if config.run_dir is None:
@@ -230,7 +231,8 @@ def run_pretrain(args: list[str]) -> int:
                 f"`flowpolicy pretrain --resume {run_dir}`"
             )
             return 130
-    print(f"done: {result.run_dir} (policy: {result.run_dir / 'policy.pt'})")
+    if on_rank_0():
+        print(f"done: {result.run_dir} (policy: {result.run_dir / 'policy.pt'})")
     return 0
 
 

@@ -22,9 +22,11 @@ and nothing is initialised: a one-process run computes exactly what it did befor
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,33 +84,46 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+SHARE_GPUS = "FLOWPOLICY_SHARE_GPUS"
+"""Set to 1 to let several ranks share a GPU (rank i on GPU i mod count), meeting over gloo:
+NCCL refuses two ranks on one GPU. For trying a multi-GPU job on fewer GPUs, not for speed."""
+
+
+def sharing_gpus() -> bool:
+    return os.environ.get(SHARE_GPUS) == "1"
+
+
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for CUDA runs (one GPU per process on a
-    node), the CPU otherwise.
+    node; with ``FLOWPOLICY_SHARE_GPUS=1``, GPU ``LOCAL_RANK mod count``), the CPU otherwise.
 
     Raises:
-        UserError: more processes on this node than GPUs, or a ``cuda:N`` index with several
-            ranks (each rank takes its own GPU).
+        UserError: more processes on this node than GPUs (unless they may share).
     """
     if device.type != "cuda" or not ranks.distributed:
         return device
     count = torch.cuda.device_count()
+    if sharing_gpus() and count > 0:
+        return torch.device("cuda", ranks.local_rank % count)
     if ranks.local_world_size > count:
         raise UserError(
             f"--device cuda with {ranks.local_world_size} processes on this node, but it has "
-            f"{count} GPU(s): each process needs its own. Start at most {count} with "
-            f"`torchrun --nproc-per-node {count}`, or train on the CPU with --device cpu (gloo)."
+            f"{count} GPU(s): each process needs its own (NCCL refuses two on one GPU). Start "
+            f"at most {count} with `torchrun --nproc-per-node {count}`, train on the CPU with "
+            f"--device cpu (gloo), or set {SHARE_GPUS}=1 to let the processes share the GPUs "
+            "over gloo (slower: for trying a job, not for speed)."
         )
     return torch.device("cuda", ranks.local_rank)
 
 
 def start(device: torch.device, ranks: Ranks) -> None:
-    """Join the job's process group (NCCL on CUDA, gloo on the CPU); nothing for one rank."""
+    """Join the job's process group (NCCL on CUDA, gloo on the CPU or on shared GPUs); nothing
+    for one rank."""
     if not ranks.distributed or active():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "nccl" if device.type == "cuda" and not sharing_gpus() else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
 
 
@@ -120,6 +135,90 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+# ----------------------------------------------------------------------------- a rank's share
+
+UPDATES_PER_ENV_STEP = "utd_ratio"
+"""The config field of off-policy methods that sets their gradient steps per env step."""
+REPLAY_BATCH = "batch_size"
+"""The config field of off-policy methods that sets the transitions of one gradient step."""
+
+
+def rank_share(algo: Any, world_size: int) -> Any:
+    """The algorithm config each of ``world_size`` ranks runs, from the whole run's config.
+
+    - ``num_envs`` is the run's total: each rank steps ``num_envs / world_size`` of them, so
+      its batch, and each minibatch, is ``1 / world_size`` of the whole; the gradients
+      averaged over the ranks are those of the whole minibatch.
+    - ``utd_ratio`` (gradient steps per env step of off-policy methods) counts the env steps
+      of all ranks: a rank collects ``1 / world_size`` of them, so its own ratio is
+      ``world_size`` times larger and every rank takes as many gradient steps as one process
+      on all the envs.
+    - ``batch_size`` (their transitions per gradient step) is the whole step's: each rank
+      samples ``batch_size / world_size`` from its own replay, so a step averages one batch of
+      ``batch_size`` drawn across every rank's replay (stratified by rank).
+
+    Raises:
+        UserError: the env count, the replay batch, or a rank's batch does not split over the
+            ranks.
+    """
+    if world_size == 1:
+        return algo
+    num_envs = algo.num_envs
+    if num_envs % world_size:
+        raise UserError(
+            f"--num-envs {num_envs} does not split over {world_size} processes: each rank "
+            f"steps num_envs / world_size envs. Pass a multiple of {world_size} (e.g. "
+            f"--num-envs {world_size * max(1, num_envs // world_size)}) or start "
+            "torchrun with a --nproc-per-node (times --nnodes) that divides it."
+        )
+    share = {"num_envs": num_envs // world_size}
+    if hasattr(algo, UPDATES_PER_ENV_STEP):
+        share[UPDATES_PER_ENV_STEP] = getattr(algo, UPDATES_PER_ENV_STEP) * world_size
+        batch = getattr(algo, REPLAY_BATCH)
+        if batch % world_size:
+            raise UserError(
+                f"--batch-size {batch} does not split over {world_size} processes: each rank "
+                f"samples batch_size / world_size transitions from its replay per gradient "
+                f"step. Pass a multiple of {world_size}, or start torchrun with fewer processes."
+            )
+        share[REPLAY_BATCH] = batch // world_size
+    try:
+        return replace(algo, **share)
+    except ValueError as error:
+        raise UserError(
+            f"With {world_size} processes each rank steps {num_envs // world_size} of the "
+            f"{num_envs} envs, and its share of the batch does not fit the update: {error} "
+            "Use fewer processes, more envs, or fewer --num-minibatches."
+        ) from error
+
+
+def run_world_size(run_dir: str | Path) -> int:
+    """How many processes trained the run in ``run_dir`` (config.json's ``world_size``; 1 for
+    runs from before torchrun)."""
+    return int(json.loads((Path(run_dir) / "config.json").read_text()).get("world_size", 1))
+
+
+def check_resume_world_size(run_dir: Path, world_size: int) -> None:
+    """A run resumes only with the number of processes it was trained with: each rank's envs,
+    RNG and replay are in the checkpoint.
+
+    Raises:
+        UserError: ``world_size`` is not the run's.
+    """
+    trained_with = run_world_size(run_dir)
+    if trained_with != world_size:
+        how = (
+            f"`torchrun --nproc-per-node {trained_with} -m flowpolicy train --resume {run_dir}`"
+            if trained_with > 1
+            else f"`flowpolicy train --resume {run_dir}` (one process, without torchrun)"
+        )
+        raise UserError(
+            f"{run_dir} was trained with {trained_with} process(es) and cannot resume with "
+            f"{world_size}: every rank's envs, random state and replay are in its checkpoint, "
+            f"one per rank. Resume it with {how}, or start a new run."
+        )
+
+
 # ----------------------------------------------------------------------------- collectives
 
 
@@ -128,23 +227,28 @@ def average_gradients(parameters: Iterable[Tensor], loss_is_finite: bool) -> boo
     """Replace every gradient by its mean over the ranks; True when every rank's loss was
     finite (then the step may be taken on all of them).
 
-    One all-reduce of all gradients, flattened, plus one number that counts the ranks with a
-    non-finite loss. A parameter without a gradient counts as zero. The identity (returning
-    ``loss_is_finite``) outside a multi-rank job.
+    One all-reduce of all gradients, flattened, with one flag per parameter that a rank has
+    its gradient and one number that counts the ranks with a non-finite loss. A parameter
+    that no rank has a gradient for keeps none, as it would in one process: the optimiser then
+    skips it (a zero gradient instead would let Adam move it with its momentum and count a
+    step). The identity (returning ``loss_is_finite``) outside a multi-rank job.
     """
     if not active():
         return loss_is_finite
     params = [p for p in parameters if p.requires_grad]
     device = params[0].device
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.zeros(1, device=device)])
-    flat[-1] = 0.0 if loss_is_finite else 1.0
+    has_grad = torch.tensor([p.grad is not None for p in params], device=device)
+    bad_loss = torch.tensor([0.0 if loss_is_finite else 1.0], device=device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [has_grad.float(), bad_loss])
     dist.all_reduce(flat)
     world = dist.get_world_size()
+    flags = flat[-1 - len(params) : -1]
     offset = 0
-    for param, grad in zip(params, grads, strict=True):
+    for index, (param, grad) in enumerate(zip(params, grads, strict=True)):
         count = grad.numel()
-        param.grad = (flat[offset : offset + count] / world).view_as(grad).to(grad.dtype)
+        mean = (flat[offset : offset + count] / world).view_as(grad).to(grad.dtype)
+        param.grad = mean if flags[index] > 0 else None
         offset += count
     return bool(flat[-1] == 0)
 

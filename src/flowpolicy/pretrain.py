@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowpolicy import distributed
 from flowpolicy.algos.bc import BC, BCConfig, Policy
 from flowpolicy.checkpoint import (
     CHECKPOINT_NAME,
@@ -51,8 +52,8 @@ from flowpolicy.device import (
 from flowpolicy.envs import env_dims, make_env
 from flowpolicy.errors import NonFiniteLossError, UserError
 from flowpolicy.evaluation import EVAL_SEED_OFFSET, evaluate_modes
-from flowpolicy.logging import Logger
-from flowpolicy.nets import Activation
+from flowpolicy.logging import Logger, SilentLogger
+from flowpolicy.nets import Activation, residual_shape
 from flowpolicy.policies import (
     DiffusionPolicy,
     FlowPolicy,
@@ -162,6 +163,8 @@ class PretrainConfig:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}.")
         if self.time_dim % 2 or self.time_dim < 4:
             raise ValueError(f"time_dim must be even and >= 4, got {self.time_dim}.")
+        if self.network == "residual":
+            residual_shape(self.hidden)  # ValueError with the expected shape
 
     @property
     def executed(self) -> int:
@@ -180,14 +183,16 @@ class PretrainResult:
 # ----------------------------------------------------------------------------- config files
 
 
-def config_to_dict(config: PretrainConfig) -> dict[str, Any]:
-    """JSON-ready resolved config."""
-    return dataclasses.asdict(config)
+def config_to_dict(config: PretrainConfig, world_size: int = 1) -> dict[str, Any]:
+    """JSON-ready resolved config, with the number of processes that run it (``world_size``,
+    torchrun's)."""
+    return dataclasses.asdict(config) | {"world_size": world_size}
 
 
 def config_from_dict(data: dict[str, Any]) -> PretrainConfig:
     """Inverse of :func:`config_to_dict` (tuples restored from JSON lists)."""
     data = dict(data)
+    data.pop("world_size", None)
     bc = BCConfig(**data.pop("bc"))
     for name in ("hidden", "obs_keys"):
         if isinstance(data.get(name), list):
@@ -347,10 +352,19 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         config: the run.
         resume: continue the run in ``config.run_dir`` from its last checkpoint.
 
+    Under ``torchrun`` (``WORLD_SIZE`` set) this is one rank of a data-parallel run
+    (:mod:`flowpolicy.distributed`): every rank fits the same normalisers on all the training
+    episodes, then keeps every ``world_size``-th training chunk (rank r: chunks r, r + W, ...)
+    and draws ``batch_size / world_size`` of them per step, so the averaged gradient is that of
+    one minibatch of ``batch_size`` from the whole dataset. Rank 0 alone writes the run
+    directory, logs, validates and evaluates.
+
     Raises:
         UserError: unreadable dataset, unknown env or mismatched dimensions, an existing run
-            directory (without ``resume``), or a loss that became NaN/inf.
+            directory (without ``resume``), a batch the ranks cannot share, a resume with
+            another number of processes, or a loss that became NaN/inf.
     """
+    ranks = distributed.ranks_from_environment()
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     if not resume and (run_dir / CHECKPOINT_NAME).exists():
         raise UserError(
@@ -359,14 +373,21 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         )
     if resume:
         refuse_resume_if_stopped(run_dir)
+        distributed.check_resume_world_size(run_dir, ranks.world_size)
+    if config.bc.batch_size % ranks.world_size:
+        raise UserError(
+            f"--batch-size {config.bc.batch_size} does not split over {ranks.world_size} "
+            "processes: each rank draws batch_size / world_size chunks per step. Pass a "
+            f"multiple of {ranks.world_size}, or start torchrun with fewer processes."
+        )
     if not resume:
         # An absolute dataset path, so that `pretrain --resume` works from any directory.
         config = dataclasses.replace(
             config, dataset=str(Path(config.dataset).expanduser().absolute())
         )
-    device = resolve_device(config.device)
+    device = distributed.rank_device(resolve_device(config.device), ranks)
     torch.set_num_threads(config.torch_threads)
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same on every rank: the same split and initial weights
     dataset = load_dataset(config.dataset, config.dataset_format, config.obs_keys)
     env_id = resolve_env(config, dataset)
     obs_dim, low, high = env_action_bounds(env_id, dataset)
@@ -379,6 +400,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         torch.as_tensor(train_data.observations), torch.as_tensor(train_data.actions)
     )
     train_obs, train_actions = chunk_tensors(policy, train_data, config.chunk)
+    train_chunks = len(train_obs)  # of all ranks together
+    # Each rank's share of the chunks, after the normalisers saw them all (the same on every
+    # rank: fitted before the process group starts, so without collectives).
+    train_obs = train_obs[ranks.rank :: ranks.world_size]
+    train_actions = train_actions[ranks.rank :: ranks.world_size]
+    rank_batch = config.bc.batch_size // ranks.world_size
     validation = None
     if len(val_ids):
         val_obs, val_actions = chunk_tensors(policy, dataset.subset(val_ids), config.chunk)
@@ -391,6 +418,10 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     train_obs, train_actions = train_obs.to(device), train_actions.to(device)
     with device:
         bc = BC(policy, config.bc, config.gradient_steps)
+    distributed.start(device, ranks)
+    if ranks.rank > 0:
+        seed_everything(config.seed + ranks.rank)  # each rank draws its own minibatches
+    saved_config = config_to_dict(config, ranks.world_size)
     step, wall_offset, means, last_eval = 0, 0.0, _Mean(), {}
     keep_lines = resume_step = None
 
@@ -400,13 +431,17 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         loop = checkpoint["loop"]
         step, wall_offset, last_eval = loop["step"], loop["wall_time"], loop["last_eval"]
         means.sums, means.count = loop["mean_sums"], loop["mean_count"]
-        set_rng_state(loop["rng"])
+        own = checkpoint["other_ranks"][ranks.rank - 1] if ranks.rank > 0 else loop
+        set_rng_state(own["rng"])
         keep_lines, resume_step = loop["metrics_lines"], step
-    else:
+    elif ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+        (run_dir / "config.json").write_text(json.dumps(saved_config, indent=2) + "\n")
 
-    logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet)
+    if ranks.is_main:
+        logger = Logger(run_dir, keep_lines, resume_step, config.tensorboard, config.quiet)
+    else:
+        logger = SilentLogger()
     start = time.perf_counter()
     metadata = {
         "source": "flowpolicy pretrain",
@@ -445,7 +480,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
         return metrics
 
     def validation_loss() -> dict[str, float]:
-        if validation is None:
+        if validation is None or not ranks.is_main:
             return {}
         # The same draws of (tau or k, eps) every time, without touching the training RNG.
         with torch.random.fork_rng(devices=forked_rng_devices(device)):
@@ -455,7 +490,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     checkpoint_step = step if resume else None  # the first one comes after checkpoint_every
 
     def checkpoint() -> None:
+        """Rank 0 writes the weights (the same on every rank) and every rank's RNG state."""
         nonlocal checkpoint_step
+        checkpoint_step = step
+        rngs = distributed.gather_to_main(None if ranks.is_main else {"rng": rng_state()})
+        if not ranks.is_main:
+            return
         loop_state = {
             "step": step,
             "wall_time": wall_time(),
@@ -465,38 +505,43 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
             "rng": rng_state(),
             "metrics_lines": logger.lines,
         }
-        save_checkpoint(
-            run_dir / CHECKPOINT_NAME,
-            {"bc": bc.state_dict(), "loop": loop_state, "config": config_to_dict(config)},
-        )
+        state = {"bc": bc.state_dict(), "loop": loop_state, "config": saved_config}
+        if ranks.distributed:
+            state["other_ranks"] = rngs[1:]
+        save_checkpoint(run_dir / CHECKPOINT_NAME, state)
         export = metadata | {"gradient_steps": step, "eval": last_eval}
         save_policy(run_dir / POLICY_NAME, bc.eval_policy, export)
-        checkpoint_step = step
 
     if resume:
         logger.print(f"[bold]flowpolicy[/] resuming {run_dir} at gradient step {step:,}")
     else:
         logger.print(
             f"[bold]flowpolicy[/] pretrain {config.policy} on {config.dataset} "
-            f"({len(train_obs):,} training chunks, env {env_id}) -> {run_dir}"
+            f"({train_chunks:,} training chunks, env {env_id}"
+            + (f", {ranks.world_size} processes" if ranks.distributed else "")
+            + f") -> {run_dir}"
         )
     interval_start = time.perf_counter()
     try:
         while step < config.gradient_steps:
             # Drawn from the CPU generator on every device: the same minibatches everywhere.
-            batch = torch.randint(0, len(train_obs), (config.bc.batch_size,)).to(device)
+            batch = torch.randint(0, len(train_obs), (rank_batch,)).to(device)
             means.add(bc.update(train_obs[batch], train_actions[batch]))
             step += 1
             finished = step >= config.gradient_steps
             log_due = step % config.log_every == 0 or finished
             if log_due:
                 interval_steps = means.count
-                metrics = means.pop() | validation_loss()
+                # Every rank's mean loss, averaged: the whole minibatch's numbers.
+                metrics = {k: distributed.all_mean(v) for k, v in means.pop().items()}
+                metrics |= validation_loss()
                 metrics["charts/sps"] = interval_steps / (time.perf_counter() - interval_start)
-                metrics["charts/epoch"] = step * config.bc.batch_size / len(train_obs)
+                metrics["charts/epoch"] = step * config.bc.batch_size / train_chunks
                 logger.log(step, wall_time(), metrics)
-            if finished or (config.eval_every and step % config.eval_every == 0):
-                last_eval = evaluate()
+            if ranks.is_main and (
+                finished or (config.eval_every and step % config.eval_every == 0)
+            ):
+                last_eval = evaluate()  # the other ranks wait at the next gradient step
             if finished or step % config.checkpoint_every == 0:
                 checkpoint()
             if log_due:
@@ -510,12 +555,16 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     except NonFiniteLossError as error:
         # Resuming would replay the same numbers into the same stop: record it so that a
         # resume (and the benchmark harness) says so instead of repeating it.
+        if not ranks.is_main:
+            raise UserError(f"rank {ranks.rank}: {error}") from error
         raise record_stop(run_dir, step, checkpoint_step, str(error), "Pretraining") from error
     finally:
         logger.close()
 
     final = {"step": step, "wall_time": round(wall_time(), 3)} | last_eval
-    save_json(run_dir / "done.json", final)
+    if ranks.is_main:
+        save_json(run_dir / "done.json", final)
+    distributed.stop()
     return PretrainResult(run_dir, final)
 
 
