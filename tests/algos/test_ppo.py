@@ -196,3 +196,35 @@ def test_cleanrl_default_clips_actions() -> None:
     assert torch.allclose(
         algo.policy.env_action(torch.tensor([[3.0, -0.5]])), torch.tensor([[1.0, 0.5]])
     )
+
+
+def test_the_adaptive_schedule_follows_the_kl() -> None:
+    algo = PPO(OBS_DIM, LOW, HIGH, _config(learning_rate=1e-3, anneal_lr=False, desired_kl=0.01))
+    rates = []
+    for kl in (0.05, 0.05, 0.012, 0.001, 0.0):  # above 2x, above 2x, near, below half, zero
+        algo.adapt_learning_rate(torch.tensor(kl))
+        rates.append(algo.optimizer.param_groups[0]["lr"])
+    expected = [1e-3 / 1.5, 1e-3 / 1.5**2, 1e-3 / 1.5**2, 1e-3 / 1.5, 1e-3 / 1.5]
+    assert rates == pytest.approx(expected)
+    for _ in range(40):  # bounded within [1e-5, 1e-2]
+        algo.adapt_learning_rate(torch.tensor(1.0))
+    assert algo.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_an_update_adapts_and_keeps_the_rate() -> None:
+    # A desired KL far below what any step gives: every minibatch lowers the rate, and the
+    # next update starts from there (no annealing resets it).
+    algo = PPO(OBS_DIM, LOW, HIGH, _config(anneal_lr=False, desired_kl=1e-12))
+    algo.update(_rollout(algo, 0))
+    after_one = algo.optimizer.param_groups[0]["lr"]
+    assert after_one < 1e-2 / 1.5  # lowered at least at the minibatches after the first
+    out = algo.update(_rollout(algo, 1))
+    assert algo.optimizer.param_groups[0]["lr"] < after_one
+    assert out["charts/learning_rate"] == algo.optimizer.param_groups[0]["lr"]
+
+
+def test_an_adaptive_rate_cannot_also_anneal() -> None:
+    with pytest.raises(ValueError, match="--anneal-lr False"):
+        _config(desired_kl=0.01)
+    with pytest.raises(ValueError, match="desired_kl must be positive"):
+        _config(anneal_lr=False, desired_kl=0.0)

@@ -80,6 +80,32 @@ def test_the_released_values_the_issue_names() -> None:
     assert (paper_ppo.critic_activation, paper_ppo.squash) == (fpo.critic_activation, fpo.squash)
 
 
+def test_the_humanoid_presets_share_networks_and_data() -> None:
+    """FPO++'s released humanoid settings and Gaussian PPO with the same networks and data."""
+    fpp, ppo = (
+        find_preset("fpo", "fpo++-humanoid").config(),
+        find_preset("ppo", "ppo-humanoid").config(),
+    )
+    assert (fpp.num_envs, fpp.num_steps, fpp.num_minibatches) == (4096, 24, 4)
+    assert (fpp.update_epochs, fpp.mc_samples, fpp.flow_steps) == (32, 32, 64)
+    assert (fpp.trust_region, fpp.clip_coef, fpp.cfm_loss_clamp, fpp.logratio_clamp) == (
+        "aspo", 0.05, 20.0, 10.0,
+    )  # fmt: skip
+    assert (fpp.actor_hidden, fpp.actor_activation, fpp.output_scale) == ((256,) * 3, "elu", 1.0)
+    assert (ppo.actor_hidden, ppo.activation) == (fpp.actor_hidden, fpp.actor_activation)
+    for name in ("num_envs", "num_steps", "num_minibatches", "gamma", "gae_lambda", "vf_coef"):
+        assert getattr(ppo, name) == getattr(fpp, name), name
+    for name in ("critic_hidden", "critic_activation", "max_grad_norm", "scale_rewards"):
+        assert getattr(ppo, name) == getattr(fpp, name), name
+    assert (ppo.learning_rate, ppo.desired_kl, ppo.clip_coef, ppo.ent_coef) == (
+        1e-3,
+        0.01,
+        0.2,
+        0.01,
+    )
+    assert ppo.update_epochs == 5 and not ppo.anneal_lr and not fpp.scale_rewards
+
+
 def test_unknown_preset_lists_the_available_ones() -> None:
     with pytest.raises(UserError, match=r"Presets for fpo: fpo, fpo\+\+, fpo-finetune"):
         find_preset("fpo", "fpo+++")

@@ -43,6 +43,7 @@ from torch import Tensor
 from flowpolicy import flows
 from flowpolicy.algos import onpolicy
 from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, ValueCriticConfig
+from flowpolicy.algos.locomotion_regime import fpo_plus_plus_humanoid
 from flowpolicy.algos.onpolicy import straight_through_clamp, trust_region_objective
 from flowpolicy.algos.playground_regime import fpo_playground
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
@@ -490,6 +491,7 @@ SPEC = AlgorithmSpec(
         Preset("fpo++", fpo_plus_plus),
         Preset("fpo-finetune", fpo_finetune),
         Preset("fpo-playground", fpo_playground),
+        Preset("fpo++-humanoid", fpo_plus_plus_humanoid),
     ),
     fine_tunes=(FlowPolicy,),
 )

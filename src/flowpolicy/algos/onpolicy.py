@@ -267,9 +267,10 @@ def prepare_batch(
 ) -> PreparedBatch:
     """:func:`advantages_batch`, plus the (annealed) learning rate of each parameter group: its
     ``base_lr`` where it has one (a critic with its own rate), else ``config.learning_rate``."""
-    for group in optimizer.param_groups:
-        base = group.get("base_lr", config.learning_rate)
-        group["lr"] = annealed_lr(base, batch.progress, config.anneal_lr)
+    if getattr(config, "desired_kl", None) is None:  # an adaptive rate keeps its own value
+        for group in optimizer.param_groups:
+            base = group.get("base_lr", config.learning_rate)
+            group["lr"] = annealed_lr(base, batch.progress, config.anneal_lr)
     return advantages_batch(
         batch,
         critic,

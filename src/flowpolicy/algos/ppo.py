@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from flowpolicy import distributed
 from flowpolicy.algos import onpolicy
+from flowpolicy.algos.locomotion_regime import ppo_humanoid
 from flowpolicy.algos.playground_regime import ppo_playground
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import check_on_policy_config
@@ -82,6 +84,9 @@ class PPOConfig:
     """initial log standard deviation of the policy."""
     squash: Squash = "clip"
     """how sampled actions are bounded for the env: clip (CleanRL) or tanh (Brax, FPO paper)."""
+    desired_kl: float | None = None
+    """adapt the learning rate at every minibatch to keep the approximate KL near this
+    (rsl_rl's adaptive schedule); None: a fixed or annealed rate (anneal_lr)."""
 
     @property
     def batch_size(self) -> int:
@@ -98,6 +103,14 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_on_policy_config(self)
+        if self.desired_kl is not None:
+            if self.desired_kl <= 0:
+                raise ValueError(f"desired_kl must be positive, got {self.desired_kl!r}.")
+            if self.anneal_lr:
+                raise ValueError(
+                    "desired_kl adapts the learning rate; it cannot also be annealed: pass "
+                    "--anneal-lr False with --desired-kl."
+                )
 
 
 def ppo_fpo_paper(**overrides: object) -> PPOConfig:
@@ -211,6 +224,8 @@ class PPO:
             pg_loss, metrics = self.policy_loss(
                 prepared.obs[idx], records["action"][idx], records["log_prob"][idx], adv
             )
+            if cfg.desired_kl is not None:
+                self.adapt_learning_rate(metrics["policy/approx_kl"])
             return onpolicy.critic_loss_and_step(
                 prepared, idx, pg_loss, metrics, self.critic, self.optimizer, self.parameters, cfg
             )
@@ -225,6 +240,22 @@ class PPO:
         out["policy/std"] = float(self.policy.log_std.detach().exp().mean())
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         return out
+
+    def adapt_learning_rate(self, approx_kl: Tensor) -> None:
+        """rsl_rl's adaptive schedule, before the minibatch's step: lr / 1.5 when the KL of the
+        policy from the rollout's exceeds 2 x desired_kl, lr x 1.5 when it is below half of
+        it, within [1e-5, 1e-2]. The KL is the k3 estimate ``(r - 1) - log r`` over the whole
+        minibatch (every rank's part), where rsl_rl uses the Gaussians' closed form; the rate
+        lives in the optimiser's state, so a resumed run continues with it."""
+        kl = distributed.all_mean(float(approx_kl))
+        desired = self.config.desired_kl
+        rate = self.optimizer.param_groups[0]["lr"]
+        if kl > 2.0 * desired:
+            rate = max(1e-5, rate / 1.5)
+        elif 0.0 < kl < desired / 2.0:
+            rate = min(1e-2, rate * 1.5)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def state_dict(self) -> dict:
         return {
@@ -251,6 +282,7 @@ SPEC = AlgorithmSpec(
         Preset("ppo", PPOConfig),
         Preset("ppo-fpo-paper", ppo_fpo_paper),
         Preset("ppo-playground", ppo_playground),
+        Preset("ppo-humanoid", ppo_humanoid),
     ),
     fine_tunes=(GaussianPolicy,),
 )
