@@ -1,10 +1,12 @@
-"""Command line: ``flowpolicy train | eval | collect | pretrain | plot``.
+"""Command line: ``flowpolicy train | eval | video | collect | pretrain | plot``.
 
     flowpolicy train ALGO [--preset NAME] [options]   train (ALGO: ppo, fpo, rldt, reinflow, dppo, qam;
                                                       --help lists options, presets and their sources)
     flowpolicy train --resume RUN_DIR [--device D]    continue a killed run from its checkpoint
     flowpolicy eval PATH [--episodes N]               evaluate a train run, a pretrain run or a
                                                       policy file in zero and random sampling
+    flowpolicy video PATH [--out FILE.mp4]            render a policy's episodes (MuJoCo envs) to
+                                                      an .mp4 or .gif (docs/video.md)
     flowpolicy collect --env ENV --out DIR [options]  train a medium expert and record a dataset
     flowpolicy pretrain --dataset PATH [options]      behaviour-clone a flow/diffusion/Gaussian
     flowpolicy pretrain --resume RUN_DIR              continue a killed pretraining run
@@ -23,7 +25,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import tyro
 from rich.console import Console
@@ -116,21 +118,34 @@ def parse_resume(args: list[str]) -> tuple[str, str | None]:
     raise UserError(usage)
 
 
-def run_eval(args: list[str]) -> int:
+@dataclass(frozen=True)
+class EvalTarget:
+    """What `flowpolicy eval` and `flowpolicy video` act with, found from a PATH."""
+
+    policy: Any  # a torch module with act(obs (B, Do), mode) -> env actions (B, Ta_exec * Da)
+    env: str  # env id
+    seed: int  # env and noise seed of the evaluation
+    chunk_exec: int  # actions executed per policy call
+    what: str  # the policy, in words
+
+
+def load_eval_target(
+    path_name: str, device_name: str, env: str | None, seed: int | None
+) -> EvalTarget:
+    """The policy of a train run (EMA weights where the algorithm keeps them), a pretrain run or
+    a policy file on ``device_name``, with its env, chunking and evaluation seed; ``env`` and
+    ``seed`` replace the recorded ones where given."""
     from flowpolicy.device import resolve_device
-    from flowpolicy.evaluation import EVAL_SEED_OFFSET, MODES, evaluate
+    from flowpolicy.evaluation import EVAL_SEED_OFFSET
     from flowpolicy.policy_io import POLICY_NAME, is_train_run_dir, read_policy_file
     from flowpolicy.train import load_algorithm
 
-    options = tyro.cli(EvalArgs, args=args, config=TYRO_CONFIG, prog="flowpolicy eval")
-    if options.episodes <= 0:
-        raise UserError(f"--episodes must be positive, got {options.episodes}.")
-    path = Path(options.path)
-    device = resolve_device(options.device)
+    path = Path(path_name)
+    device = resolve_device(device_name)
     if is_train_run_dir(path):
         config, algo, checkpoint = load_algorithm(path, device)
-        policy, env, seed = algo.eval_policy, config.env, config.seed + EVAL_SEED_OFFSET
-        chunk_exec = config.algo.chunk_exec
+        policy, recorded_env = algo.eval_policy, config.env
+        recorded_seed, chunk_exec = config.seed + EVAL_SEED_OFFSET, config.algo.chunk_exec
         what = f"{config.algo_name}, checkpoint at step {checkpoint['loop']['global_step']:,}"
     elif path.exists():
         # A pretrain run (its exported EMA policy) or a policy file: the policy records its env,
@@ -138,23 +153,93 @@ def run_eval(args: list[str]) -> int:
         # to the pretrain run's config.json, or to seed 0's evaluation seed.
         policy_file = read_policy_file(path / POLICY_NAME if path.is_dir() else path)
         policy, metadata = policy_file.policy.to(device), policy_file.metadata
-        env, chunk_exec = metadata.get("env_id"), policy.chunk_exec
+        recorded_env, chunk_exec = metadata.get("env_id"), policy.chunk_exec
         fallback = EVAL_SEED_OFFSET + (pretrain_seed(path) if path.is_dir() else 0)
-        seed = int(metadata.get("eval_seed", fallback))
+        recorded_seed = int(metadata.get("eval_seed", fallback))
         what = f"{type(policy).__name__} from {metadata.get('source', 'a policy file')}"
     else:
         raise UserError(
             f"{path} does not exist. Pass a run directory of `flowpolicy train` or `flowpolicy "
             "pretrain`, or a policy file (RUN_DIR/policy.pt)."
         )
-    env = options.env or env
+    env = env or recorded_env
     if env is None:
         raise UserError(f"{path} does not record which env it acts in; pass --env ENV_ID.")
-    seed = seed if options.seed is None else options.seed
-    print(f"{what} on {env}, {options.episodes} episodes")
+    return EvalTarget(policy, env, recorded_seed if seed is None else seed, chunk_exec, what)
+
+
+def run_eval(args: list[str]) -> int:
+    from flowpolicy.evaluation import MODES, evaluate
+
+    options = tyro.cli(EvalArgs, args=args, config=TYRO_CONFIG, prog="flowpolicy eval")
+    if options.episodes <= 0:
+        raise UserError(f"--episodes must be positive, got {options.episodes}.")
+    target = load_eval_target(options.path, options.device, options.env, options.seed)
+    print(f"{target.what} on {target.env}, {options.episodes} episodes")
     for mode in MODES:
-        returns = evaluate(policy, env, options.episodes, seed, chunk_exec, mode)
+        returns = evaluate(
+            target.policy, target.env, options.episodes, target.seed, target.chunk_exec, mode
+        )
         print(f"  {mode:>6} sampling: return {returns.mean():10.2f} +/- {returns.std():.2f}")
+    return 0
+
+
+@dataclass(frozen=True)
+class VideoArgs:
+    """Render a policy's episodes offscreen into a video, one after another at the env's
+    real-time frame rate: a `flowpolicy train` run, a `flowpolicy pretrain` run or a policy
+    file, in a Gymnasium MuJoCo, dmc/ or playground/ env (docs/video.md)."""
+
+    path: Annotated[str, tyro.conf.Positional]
+    """run directory of `flowpolicy train` or `flowpolicy pretrain`, or a policy file."""
+    out: str | None = None
+    """the video file: .mp4 (also .mkv, .mov, .avi, .webm) or .gif; default RUN_DIR/video.mp4
+    (a policy file: NAME.mp4 beside it)."""
+    episodes: int = 1
+    """episodes, played one after another into the one file."""
+    mode: str = "zero"
+    """sampling: zero (deterministic) or random."""
+    seed: int | None = None
+    """env and noise seed; default: the run's evaluation seed, as in `flowpolicy eval`."""
+    env: str | None = None
+    """env id; default: the run's env (a policy file: the env it records, if any)."""
+    width: int = 640
+    """frame width in pixels."""
+    height: int = 480
+    """frame height in pixels."""
+    max_steps: int | None = None
+    """cut each episode after this many control steps; default: play it to its end."""
+    device: str = "auto"
+    """where the policy acts: auto (CUDA when available), cpu, cuda or cuda:N."""
+
+
+def run_video(args: list[str]) -> int:
+    """``flowpolicy video``: options are VideoArgs' fields (docs/video.md)."""
+    from flowpolicy import video  # first: it picks MuJoCo's OpenGL backend before MuJoCo loads
+
+    options = tyro.cli(VideoArgs, args=args, config=TYRO_CONFIG, prog="flowpolicy video")
+    out = Path(options.out) if options.out else video.default_out(Path(options.path))
+    video.check_options(
+        out, options.episodes, options.mode, options.width, options.height, options.max_steps
+    )
+    video.check_gl()
+    target = load_eval_target(options.path, options.device, options.env, options.seed)
+    print(f"{target.what} on {target.env}, {options.episodes} episodes, {options.mode} sampling")
+    result = video.record_video(
+        target.policy,
+        target.env,
+        out,
+        episodes=options.episodes,
+        seed=target.seed,
+        chunk_exec=target.chunk_exec,
+        mode=options.mode,
+        width=options.width,
+        height=options.height,
+        max_steps=options.max_steps,
+    )
+    for i, (ret, steps) in enumerate(zip(result.returns, result.steps, strict=True)):
+        print(f"  episode {i + 1}: return {ret:10.2f} in {steps} steps")
+    print(f"wrote {result.path}: {result.frames} frames at {result.fps:g} fps")
     return 0
 
 
@@ -303,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "eval":
             return run_eval(args)
+        if command == "video":
+            return run_video(args)
         if command == "collect":
             return run_collect(args)
         if command == "pretrain":

@@ -106,6 +106,17 @@ class DMCEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             task_kwargs["time_limit"] = self._time_limit
         return _suite().load(self.domain, self.task, task_kwargs=task_kwargs)
 
+    @property
+    def physics(self) -> Any:
+        """The task's dm_control ``Physics``; ``physics.render(height, width, camera_id)``
+        draws a frame (`flowpolicy video`). A seeded `reset` makes a new one."""
+        return self._env.physics
+
+    @property
+    def control_timestep(self) -> float:
+        """Simulated seconds per `step` (the frame period of a real-time video)."""
+        return float(self._env.control_timestep())
+
     @staticmethod
     def _flatten(observation: dict[str, Any]) -> np.ndarray:
         parts = [np.asarray(value, dtype=np.float32).ravel() for value in observation.values()]

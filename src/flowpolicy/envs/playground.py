@@ -323,6 +323,14 @@ class PlaygroundVectorEnv:
             final_obs=self._to_torch(final_obs),
         )
 
+    def sim_state(self, index: int = 0) -> Any:
+        """Env ``index``'s current Playground ``State`` (JAX arrays), what ``self.env.render``
+        draws (`flowpolicy video`). After a step that ended its episode it is already the next
+        episode's first state."""
+        if self._carry is None:
+            raise RuntimeError("call reset(seed) before sim_state()")
+        return self._jax.tree.map(lambda leaf: leaf[index], self._carry[0])
+
     def state(self) -> dict[str, Any]:
         """The whole batch (simulator states, step counters, reset key) as numpy arrays."""
         leaves = self._jax.tree_util.tree_leaves(self._carry)
