@@ -95,7 +95,7 @@ from flowpolicy.plot import CSV_COLUMNS, Panel, csv_row, learning_curve_figure, 
 from flowpolicy.train import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
-ProtocolName = Literal["from_scratch", "finetune", "multimodality", "fpo-dmc"]
+ProtocolName = Literal["from_scratch", "finetune", "multimodality", "fpo-dmc", "humanoid-joystick"]
 State = Literal["done", "stopped", "resume", "new", "missing"]
 
 

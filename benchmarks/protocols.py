@@ -516,7 +516,74 @@ FPO_DMC = Protocol(
 )
 
 
+# --------------------------------------------------------------------------------------------
+# Humanoid locomotion from joystick commands (FPO's and FPO++'s headline use)
+# --------------------------------------------------------------------------------------------
+
+HUMANOID_CPU = ("--num-envs", "32", "--num-steps", "24")
+"""The CPU runs' data regime: 32 envs x 24 steps per iteration (768 env steps) instead of
+4096 x 24 (FPO++, PPO) or 2048 x 480 (FPO's Playground regime), so that a 2-core CPU makes
+tens of iterations of each method in minutes: enough to see the pipeline and the first
+learning, not the papers' results."""
+HUMANOID_CPU_FPO_PLUS_PLUS = ("--update-epochs", "8", "--mc-samples", "8", "--flow-steps", "16")
+"""FPO++'s humanoid update (32 epochs x 32 samples, 64 flow steps) cut for the CPU runs."""
+
+HUMANOID_JOYSTICK = Protocol(
+    name="humanoid-joystick",
+    title="Humanoid locomotion from joystick commands (MuJoCo Playground, DMC humanoid)",
+    summary=(
+        "FPO, FPO++ and Gaussian PPO on playground/HumanoidJoystick: the DeepMind Control "
+        "humanoid tracking a sampled (forward, lateral, yaw-rate) velocity command, the "
+        "policy seeing proprioception and the command only (docs/humanoid_joystick.md). "
+        "FPO++ and PPO share FPO++'s released humanoid networks and data regime (presets "
+        "fpo++-humanoid and ppo-humanoid: 4096 envs x 24 steps, actor 3x256 ELU, critic "
+        "3x768 ELU); FPO runs the FPO paper's Playground settings (fpo-playground). The "
+        "return is the tracking reward; benchmarks/joystick_eval.py adds the tracking error "
+        "per command type and the falls per episode of the final policies. Runs on a CPU use "
+        "the -cpu methods (32 envs x 24 steps per iteration) at a reduced budget."
+    ),
+    methods=(
+        Method(
+            "fpo++",
+            ("fpo", "--preset", "fpo++-humanoid"),
+            source="fpo_plus_plus_humanoid(): FPO++'s released H1/G1 settings "
+            "(algos/locomotion_regime.py)",
+        ),
+        Method(
+            "fpo",
+            ("fpo", "--preset", "fpo-playground"),
+            source="fpo_playground(): the FPO paper's Playground settings",
+        ),
+        Method(
+            "ppo",
+            ("ppo", "--preset", "ppo-humanoid"),
+            source="ppo_humanoid(): rsl_rl's locomotion PPO with FPO++'s networks and data",
+        ),
+        Method(
+            "fpo++-cpu",
+            ("fpo", "--preset", "fpo++-humanoid", *HUMANOID_CPU, *HUMANOID_CPU_FPO_PLUS_PLUS),
+            source="fpo_plus_plus_humanoid() with 32 envs x 24 steps, 8 epochs, 8 samples, "
+            "16 flow steps (protocols.HUMANOID_CPU)",
+        ),
+        Method(
+            "fpo-cpu",
+            ("fpo", "--preset", "fpo-playground", *HUMANOID_CPU),
+            source="fpo_playground() with 32 envs x 24 steps (protocols.HUMANOID_CPU)",
+        ),
+        Method(
+            "ppo-cpu",
+            ("ppo", "--preset", "ppo-humanoid", *HUMANOID_CPU),
+            source="ppo_humanoid() with 32 envs x 24 steps (protocols.HUMANOID_CPU)",
+        ),
+    ),
+    # FPO++ trains H1/G1 for 2000 iterations of 98,304 env steps (197M).
+    budgets={"playground/HumanoidJoystick": Budget(200_000_000, 10_000_000, 10)},
+    default_budget=Budget(200_000_000, 10_000_000, 10),
+    seeds=(0, 1, 2),
+)
+
+
 PROTOCOLS: dict[str, Protocol] = {
-    p.name: p for p in (FROM_SCRATCH, FINETUNE, MULTIMODALITY, FPO_DMC)
+    p.name: p for p in (FROM_SCRATCH, FINETUNE, MULTIMODALITY, FPO_DMC, HUMANOID_JOYSTICK)
 }
 """Every protocol by name."""

@@ -267,3 +267,20 @@ def test_gymnasium_locomotion_is_drawn_from_the_camera_that_follows_the_robot():
     assert track >= 0 and inner.mujoco_renderer.camera_id == track  # not the still free camera
     assert inner.model.vis.quality.shadowsize <= 1024 and inner.model.vis.quality.offsamples == 0
     scene.close()
+
+
+def test_a_commanded_task_gets_its_command_written_on_the_frame() -> None:
+    from types import SimpleNamespace
+
+    from flowpolicy.video import with_command
+
+    frame = np.full((120, 320, 3), 200, dtype=np.uint8)
+    plain = SimpleNamespace(info={"rng": 0})
+    assert with_command(frame, plain) is frame  # no command: untouched
+    commanded = SimpleNamespace(info={"command": np.array([0.8, -0.1, 0.25])})
+    written = with_command(frame, commanded)
+    assert written.shape == frame.shape and written.dtype == np.uint8
+    band, rest = written[:20], written[40:]
+    assert (band != 200).any() and (rest == 200).all()  # a caption band at the top only
+    other = with_command(frame, SimpleNamespace(info={"command": np.array([0.0, 0.0, 0.0])}))
+    assert not np.array_equal(other[:20], band)  # the text says the command

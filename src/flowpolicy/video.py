@@ -363,8 +363,8 @@ class _PlaygroundScene:
             self._states.append(self.batch.sim_state(0))
 
     def end_episode(self, writer: _Writer) -> None:
-        for frame in self._render(self._states):
-            writer.add(frame)
+        for state, frame in zip(self._states, self._render(self._states), strict=True):
+            writer.add(with_command(frame, state))
         self._states.clear()
 
     def probe(self) -> None:
@@ -375,6 +375,24 @@ class _PlaygroundScene:
 
 
 _Scene = _GymScene | _PlaygroundScene
+
+
+def with_command(frame: np.ndarray, state: Any) -> np.ndarray:
+    """``frame`` (H, W, 3) with the velocity command written on it, for a task whose state
+    carries one in ``info["command"]`` (vx, vy, yaw rate: the joystick task); else unchanged."""
+    info = getattr(state, "info", None)
+    if not isinstance(info, dict) or "command" not in info:
+        return frame
+    from PIL import Image, ImageDraw
+
+    vx, vy, yaw = (float(v) for v in np.asarray(info["command"]).reshape(-1)[:3])
+    text = f"command  vx {vx:+.2f} m/s  vy {vy:+.2f} m/s  yaw {yaw:+.2f} rad/s"
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((6, 4), text)
+    draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=(0, 0, 0))
+    draw.text((6, 4), text, fill=(255, 255, 255))
+    return np.asarray(image)
 
 
 class _Writer:
