@@ -232,7 +232,7 @@ FINETUNE = Protocol(
             "qam",
             ("qam", "--preset", "qam-cpu"),
             BC_FLOW,
-            source="qam_cpu(): QAM sized for a 2-core CPU (src/flowpolicy/algos/qam.py)",
+            source="qam_cpu(): QAM sized for a 2-core CPU (src/flowpolicy/algos/offpolicy_presets.py)",
         ),
         Method(
             "ppo",

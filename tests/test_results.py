@@ -170,7 +170,8 @@ def test_group_runs_orders_by_env_then_first_appearance(tmp_path: Path) -> None:
 
 
 def test_method_names_from_configs() -> None:
-    from flowpolicy.algos.fpo import FPOConfig, fpo_plus_plus
+    from flowpolicy.algos.fpo import FPOConfig
+    from flowpolicy.algos.fpo_presets import fpo_plus_plus
 
     def train_config(algo, **extra) -> dict:
         return {"algo": json.loads(json.dumps(asdict(algo))), "algo_name": "fpo", **extra}

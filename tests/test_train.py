@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from flowpolicy.algos.dppo import DPPOConfig
-from flowpolicy.algos.fpo import FPO, FPOConfig, fpo_plus_plus
+from flowpolicy.algos.fpo import FPO, FPOConfig
+from flowpolicy.algos.fpo_presets import fpo_plus_plus
 from flowpolicy.algos.ppo import PPOConfig
 from flowpolicy.algos.qam import QAMConfig
 from flowpolicy.algos.registry import spec_of_config

@@ -1,5 +1,5 @@
-"""Critics: a state-value network for the on-policy methods, and a Q ensemble with Polyak
-targets for RLDT and QAM.
+"""Critics: state-value networks for the on-policy methods (an MLP, or DPPO's residual one), and a
+Q ensemble with Polyak targets for RLDT and QAM.
 
 Shapes: ``B`` batch, ``Do`` observation size, ``A`` flat executed action size
 (``Ta_exec * Da``), ``E`` ensemble members.
@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from flowpolicy.nets import Activation, mlp
+from flowpolicy.nets import Activation, ResidualMLP, mlp, residual_shape
 
 
 class ValueNet(nn.Module):
@@ -25,6 +25,18 @@ class ValueNet(nn.Module):
     ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, 1, hidden, activation, output_gain=1.0)
+
+    def forward(self, obs_normalised: Tensor) -> Tensor:
+        return self.net(obs_normalised).squeeze(-1)
+
+
+class ResidualValueNet(nn.Module):
+    """``V_phi(s)`` as DPPO's residual critic: (B, Do) normalised -> (B,)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: Activation) -> None:
+        super().__init__()
+        width, blocks = residual_shape(hidden)
+        self.net = ResidualMLP(obs_dim, 1, width, blocks, activation)
 
     def forward(self, obs_normalised: Tensor) -> Tensor:
         return self.net(obs_normalised).squeeze(-1)

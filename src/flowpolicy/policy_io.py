@@ -24,8 +24,8 @@ from typing import Any
 from torch import nn
 
 from flowpolicy.algos.dppo import DPPOPolicy
-from flowpolicy.algos.fql import OneStepPolicy
 from flowpolicy.algos.noise_steering import DSRLPolicy
+from flowpolicy.algos.one_step_policy import OneStepPolicy
 from flowpolicy.checkpoint import load_checkpoint, save_checkpoint
 from flowpolicy.errors import UserError
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, GaussianPolicy

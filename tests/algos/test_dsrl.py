@@ -15,8 +15,9 @@ from torch import nn
 
 from flowpolicy import ddpm
 from flowpolicy.algos import sac
-from flowpolicy.algos.dsrl import DSRL, DSRLConfig, dsrl_cpu, dsrl_robomimic
+from flowpolicy.algos.dsrl import DSRL, DSRLConfig
 from flowpolicy.algos.noise_steering import DSRLPolicy, bounded_executed
+from flowpolicy.algos.offpolicy_presets import dsrl_cpu, dsrl_robomimic
 from flowpolicy.buffers import RolloutBuffer
 from flowpolicy.cli import main
 from flowpolicy.envs import BanditEnv

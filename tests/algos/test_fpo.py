@@ -13,10 +13,10 @@ from flowpolicy.algos import onpolicy
 from flowpolicy.algos.fpo import (
     FPO,
     FPOConfig,
-    fpo_plus_plus,
     straight_through_clamp,
     trust_region_objective,
 )
+from flowpolicy.algos.fpo_presets import fpo_plus_plus
 from flowpolicy.buffers import RolloutBatch, RolloutBuffer
 from tests.algos.rollouts import random_rollout
 

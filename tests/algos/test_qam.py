@@ -17,13 +17,13 @@ from torch import nn
 
 from flowpolicy import flows
 from flowpolicy.algos.offpolicy import CriticData, td_targets
+from flowpolicy.algos.offpolicy_presets import qam_cpu
 from flowpolicy.algos.qam import (
     QAM,
     QAMConfig,
     adjoint_matching_loss,
     lean_adjoint,
     memoryless_sde,
-    qam_cpu,
     qam_rldt,
     sde_sigmas,
 )

@@ -15,6 +15,7 @@ import torch
 import flowpolicy.train as train_module
 from flowpolicy import flows
 from flowpolicy.algos.offpolicy import segment_members
+from flowpolicy.algos.offpolicy_presets import rldt_gym
 from flowpolicy.algos.rldt import (
     RLDT,
     RLDTConfig,
@@ -23,7 +24,6 @@ from flowpolicy.algos.rldt import (
     consistency_loss,
     constraint_loss,
     posteriors_at_random_steps,
-    rldt_gym,
     svgd_field,
 )
 from flowpolicy.buffers import TrajectoryBatch

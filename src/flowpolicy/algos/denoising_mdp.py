@@ -1,7 +1,8 @@
 """DPPO's denoising MDP (:mod:`flowpolicy.algos.dppo`): the chain policy it fine-tunes, a
 diffusion or flow policy whose first S - K' chain steps run a frozen copy of the starting
 network and whose last K' steps run the trainable copy (evaluation runs it, ``policy.pt`` holds
-it); the log-prob of one chain step; and the clip and discount of each fine-tuned step.
+it), and the chain it starts from (:func:`chain_policy`); the log-prob of one chain step; and
+the clip and discount of each fine-tuned step.
 
 Shapes: ``B`` states, ``S`` chain steps, ``K'`` fine-tuned steps, ``A = Ta * Da`` flat chunk,
 ``Do`` observation size.
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from flowpolicy import chains
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, SampleMode
+
+if TYPE_CHECKING:
+    from flowpolicy.algos.dppo import DPPOConfig
 
 ChainPolicy = DiffusionPolicy | FlowPolicy
 ChainMode = Literal["zero", "random", "explore"]
@@ -210,3 +214,60 @@ class DPPOPolicy(nn.Module):
         """Env actions (B, Ta_exec * Da) for raw observations (B, Do)."""
         chain, _, _ = self.sample_chain(obs, mode)
         return self.env_action(chain[-1])
+
+
+# ----------------------------------------------------------------------------- the starting chain
+
+
+def chain_policy(
+    config: DPPOConfig,
+    obs_dim: int,
+    action_low: Tensor,
+    action_high: Tensor,
+    policy: ChainPolicy | None = None,
+) -> ChainPolicy:
+    """The chain DPPO fine-tunes (before :class:`DPPOPolicy` splits it): ``policy``, a
+    pretrained DiffusionPolicy or FlowPolicy whose class must be ``config.policy_class`` (a
+    diffusion policy is rebuilt with the config's DDPM / DDIM sampler), or, when None, a fresh
+    policy built from the config (training from scratch)."""
+    if policy is None:
+        return new_chain_policy(config, obs_dim, action_low, action_high)
+    if type(policy).__name__ != config.policy_class:
+        raise ValueError(
+            f"DPPOConfig.policy_class is {config.policy_class} but the policy is a "
+            f"{type(policy).__name__}; set policy_class to match it."
+        )
+    if isinstance(policy, DiffusionPolicy):
+        return with_sampler(policy, config)
+    return policy
+
+
+def with_sampler(policy: DiffusionPolicy, config: DPPOConfig) -> DiffusionPolicy:
+    """The diffusion policy rebuilt with the config's fine-tuning sampler (DDPM, or DDIM
+    with ``ddim_steps`` and ``ddim_eta``); same weights and normalisers."""
+    kwargs = policy.init_kwargs | {"ddim_steps": config.ddim_steps, "ddim_eta": config.ddim_eta}
+    rebuilt = DiffusionPolicy(**kwargs)
+    rebuilt.load_state_dict(policy.state_dict())
+    return rebuilt
+
+
+def new_chain_policy(
+    config: DPPOConfig, obs_dim: int, action_low: Tensor, action_high: Tensor
+) -> ChainPolicy:
+    """A fresh policy built from the config (training from scratch)."""
+    if config.is_flow:
+        return config.build_actor(obs_dim, action_low, action_high)
+    return DiffusionPolicy(
+        obs_dim,
+        action_low,
+        action_high,
+        chunk=config.chunk,
+        chunk_exec=config.chunk_exec,
+        network=config.actor_network,
+        hidden=config.actor_hidden,
+        time_dim=config.time_dim,
+        activation=config.actor_activation,
+        denoising_steps=config.denoising_steps,
+        ddim_steps=config.ddim_steps,
+        ddim_eta=config.ddim_eta,
+    )

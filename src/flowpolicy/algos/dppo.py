@@ -40,7 +40,6 @@ fine-tuned steps, ``A = Ta * Da`` flat chunk, ``Do`` observation size.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,14 +52,16 @@ from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, Valu
 from flowpolicy.algos.denoising_mdp import (
     ChainPolicy,
     DPPOPolicy,
+    chain_policy,
     clip_schedule,
     denoising_discounts,
     step_log_prob,
 )
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
-from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
+from flowpolicy.algos.validation import check_dppo_config
 from flowpolicy.buffers import RolloutBatch
-from flowpolicy.nets import Activation, ResidualMLP, residual_shape
+from flowpolicy.critics import ResidualValueNet
+from flowpolicy.nets import Activation
 from flowpolicy.policies import DiffusionPolicy, FlowPolicy, Network
 
 
@@ -182,64 +183,7 @@ class DPPOConfig(ValueCriticConfig, FlowActorConfig, OnPolicyConfig):
     def __post_init__(self) -> None:
         self.check_rollout()
         self.check_flow_actor()
-        if self.critic_residual:
-            residual_shape(self.critic_hidden)
-        require_positive(
-            self,
-            "actor_lr",
-            "critic_lr",
-            "clip_coef_base",
-            "clip_coef_rate",
-            "flow_clip_coef",
-            "flow_noise_std",
-            "noise_clip",
-            "target_kl",
-            "denoising_steps",
-            "ft_denoising_steps",
-            "ddim_steps",
-        )
-        require_range(self, "gamma_denoising", 0.0, 1.0)
-        require_non_negative(
-            self, "sampling_std_floor", "logprob_std_floor", "ddim_eta", "critic_warmup_iterations"
-        )
-        if self.logprob_min >= self.logprob_max:
-            raise ValueError(
-                f"need logprob_min < logprob_max, got {self.logprob_min} and {self.logprob_max}."
-            )
-        if self.ddim_steps is not None and self.ddim_steps > self.denoising_steps:
-            raise ValueError(
-                f"ddim_steps ({self.ddim_steps}) cannot exceed denoising_steps "
-                f"({self.denoising_steps})."
-            )
-        if self.ft_denoising_steps > self.chain_steps:
-            what = "flow_steps" if self.is_flow else "ddim_steps or denoising_steps"
-            raise ValueError(
-                f"ft_denoising_steps K' = {self.ft_denoising_steps} exceeds the chain's "
-                f"{self.chain_steps} steps ({what}); pass --ft-denoising-steps "
-                f"{self.chain_steps} or fewer."
-            )
-        if self.num_pairs % self.num_minibatches or self.num_pairs // self.num_minibatches < 2:
-            raise ValueError(
-                f"The batch of num_envs * num_steps * ft_denoising_steps = {self.num_pairs} "
-                f"(env step, denoising step) pairs does not split into num_minibatches = "
-                f"{self.num_minibatches} equal parts of at least 2. Change --num-minibatches, "
-                "--num-steps or --num-envs."
-            )
-
-
-# ----------------------------------------------------------------------------- the critic
-
-
-class ResidualValueNet(nn.Module):
-    """``V_phi(s)`` as DPPO's residual critic: (B, Do) normalised -> (B,)."""
-
-    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: Activation) -> None:
-        super().__init__()
-        width, blocks = residual_shape(hidden)
-        self.net = ResidualMLP(obs_dim, 1, width, blocks, activation)
-
-    def forward(self, obs_normalised: Tensor) -> Tensor:
-        return self.net(obs_normalised).squeeze(-1)
+        check_dppo_config(self)
 
 
 # ----------------------------------------------------------------------------- the algorithm
@@ -261,17 +205,9 @@ class DPPO:
         must be ``config.policy_class``; a diffusion policy is rebuilt with the config's DDPM /
         DDIM sampler); None builds a new one from the config."""
         self.config = config
-        if policy is None:
-            policy = self._new_policy(obs_dim, action_low, action_high)
-        elif type(policy).__name__ != config.policy_class:
-            raise ValueError(
-                f"DPPOConfig.policy_class is {config.policy_class} but the policy is a "
-                f"{type(policy).__name__}; set policy_class to match it."
-            )
-        elif isinstance(policy, DiffusionPolicy):
-            policy = self._with_sampler(policy)
+        chain = chain_policy(config, obs_dim, action_low, action_high, policy)
         self.policy = DPPOPolicy(
-            policy, config.ft_denoising_steps, config.flow_noise_std, config.noise_clip
+            chain, config.ft_denoising_steps, config.flow_noise_std, config.noise_clip
         )
         self.critic = config.build_critic(obs_dim)
         self.reward_scaler = onpolicy.ReturnScaler(config.num_envs, config.gamma)
@@ -294,35 +230,6 @@ class DPPO:
         self.logprob_std_floor = None if config.is_flow else config.logprob_std_floor
         self.logprob_clamp = None if config.is_flow else (config.logprob_min, config.logprob_max)
         self.iterations = 0
-
-    def _with_sampler(self, policy: DiffusionPolicy) -> DiffusionPolicy:
-        """The diffusion policy rebuilt with the config's fine-tuning sampler (DDPM, or DDIM
-        with ``ddim_steps`` and ``ddim_eta``); same weights and normalisers."""
-        cfg = self.config
-        kwargs = policy.init_kwargs | {"ddim_steps": cfg.ddim_steps, "ddim_eta": cfg.ddim_eta}
-        rebuilt = DiffusionPolicy(**kwargs)
-        rebuilt.load_state_dict(policy.state_dict())
-        return rebuilt
-
-    def _new_policy(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> ChainPolicy:
-        """A fresh policy built from the config (training from scratch)."""
-        cfg = self.config
-        if cfg.is_flow:
-            return cfg.build_actor(obs_dim, action_low, action_high)
-        return DiffusionPolicy(
-            obs_dim,
-            action_low,
-            action_high,
-            chunk=cfg.chunk,
-            chunk_exec=cfg.chunk_exec,
-            network=cfg.actor_network,
-            hidden=cfg.actor_hidden,
-            time_dim=cfg.time_dim,
-            activation=cfg.actor_activation,
-            denoising_steps=cfg.denoising_steps,
-            ddim_steps=cfg.ddim_steps,
-            ddim_eta=cfg.ddim_eta,
-        )
 
     @property
     def eval_policy(self) -> DPPOPolicy:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from flowpolicy.algos import sac
 from flowpolicy.algos.noise_steering import DSRLPolicy, SteerablePolicy, bounded_executed
 from flowpolicy.algos.offpolicy import RunningMeans, load_optimizer_state
+from flowpolicy.algos.offpolicy_presets import dsrl_cpu, dsrl_robomimic
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.validation import (
     require_at_most,
@@ -154,29 +155,6 @@ class DSRLConfig:
     def gradient_steps_per_iteration(self) -> int:
         """``utd_ratio`` per chunk transition of the iteration, at least one."""
         return max(1, round(self.utd_ratio * self.num_envs * self.num_steps))
-
-
-def dsrl_robomimic() -> DSRLConfig:
-    """DSRL on the released Robomimic settings (Can; Lift uses utd 30, Square discount 0.999,
-    Transport 3 x 128, noise bound 1 and 20001 warm-up steps).
-
-    Source: ajwagen/dsrl, cfg/robomimic/dsrl_can.yaml,
-    commit 8d21b9cf55459f022c0e769bca1343edd9d30e5a (train_freq 1, utd 20, 3 layers of 2048,
-    init_rollout_steps 1501, action_magnitude 1.5, the rest as the Gym configs)."""
-    return DSRLConfig(utd_ratio=20 / 4, hidden=(2048,) * 3, warmup_steps=1501)
-
-
-def dsrl_cpu() -> DSRLConfig:
-    """DSRL sized for a 2-core CPU: one gradient step per 2 chunk transitions (utd_ratio 0.5
-    instead of 2.5) on batches of 128, one Q^W step per 2 gradient steps, a 250-step warm-up.
-    The networks stay the released Hopper ones (3 x 128); DSRL-NA's cost is the frozen policy's
-    sampler in every TD target and Q^W step. Measured with a 3x512 residual flow policy (K 10,
-    chunk 4) at Hopper sizes on one thread of the shared CPU: defaults 45 ms per gradient step
-    and 43 ms per Q^W step, about 1.2 hours of updates per 100k env steps; this preset about 8
-    minutes (DSRL-SAC: 11 min and 2 min).
-
-    Source: ours (the DSRL method of :class:`DSRLConfig`, resized for a CPU)."""
-    return DSRLConfig(utd_ratio=0.5, batch_size=128, warmup_steps=250)
 
 
 # ----------------------------------------------------------------------------- the algorithm

@@ -27,9 +27,8 @@ Shapes: ``B`` batch, ``Do`` observation size, ``Da`` action size, ``h`` chunk, `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -37,21 +36,22 @@ from torch import Tensor
 from flowpolicy import flows
 from flowpolicy.algos.chunk_replay import ChunkReplay, dataset_chunks
 from flowpolicy.algos.config_blocks import FlowActorConfig
-from flowpolicy.algos.offpolicy import RunningMeans, check_initial_policy
+from flowpolicy.algos.offpolicy import RunningMeans
+from flowpolicy.algos.offpolicy_presets import fql_cpu, qc_fql
+from flowpolicy.algos.one_step_policy import OneStepPolicy
 from flowpolicy.algos.onpolicy import optimizer_step
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
-from flowpolicy.algos.validation import require_non_negative, require_positive, require_range
+from flowpolicy.algos.validation import (
+    check_initial_policy,
+    require_non_negative,
+    require_positive,
+    require_range,
+)
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.critics import QEnsemble
 from flowpolicy.data import Dataset
-from flowpolicy.nets import Activation, mlp
-from flowpolicy.policies import (
-    FlowPolicy,
-    ObsNormalization,
-    SampleMode,
-    _BoundedActions,
-    make_obs_norm,
-)
+from flowpolicy.nets import Activation
+from flowpolicy.policies import FlowPolicy
 
 
 @dataclass(frozen=True)
@@ -137,98 +137,6 @@ class FQLConfig(FlowActorConfig):
             )
         if self.q_agg not in ("mean", "min"):
             raise ValueError(f"q_agg must be 'mean' or 'min', got {self.q_agg!r}.")
-
-
-def qc_fql(**overrides: Any) -> FQLConfig:
-    """QC-FQL: FQL on chunks of 5 actions, alpha 100, online updates after 5000 env steps.
-
-    Source: ColinQiyangLi/qc, agents/acfql.py (get_config: alpha 100, num_qs 2, 4x512) and
-    main.py (horizon_length 5, start_training 5000, utd_ratio 1, offline_steps 1M),
-    commit 48283b4f662bd1c127ec9fa80647b49759f10653."""
-    values = dict(chunk=5, chunk_exec=5, alpha=100.0, online_warmup_steps=5000)
-    return FQLConfig(**(values | overrides))
-
-
-def fql_cpu(**overrides: Any) -> FQLConfig:
-    """FQL sized for a 2-core CPU: 3x256 policies and critics instead of 4x512, 100k offline
-    steps instead of 1M, one gradient step per 4 env steps online; the method is unchanged.
-
-    Source: ours (the FQL method of :class:`FQLConfig`, resized for a CPU)."""
-    values = dict(
-        actor_hidden=(256,) * 3,
-        critic_hidden=(256,) * 3,
-        offline_steps=100_000,
-        utd_ratio=0.25,
-        buffer_size=1_000_000,
-    )
-    return FQLConfig(**(values | overrides))
-
-
-# ----------------------------------------------------------------------------- the one-step policy
-
-
-class OneStepPolicy(_BoundedActions):
-    """``mu_w(s, z)``: an MLP on ``[normalised obs, z]`` that maps noise to an action chunk in
-    one pass; ``act(obs, mode)`` uses ``z = 0`` (zero) or ``z ~ N(0, I)`` (random), clips to
-    [-1, 1] and maps to the env's bounds (through the action normaliser, as a FlowPolicy does).
-
-    Args:
-        obs_dim: Do. action_low, action_high: env bounds, (Da,) each.
-        chunk: h. chunk_exec: executed actions (= h in FQL).
-        hidden, activation: the MLP. obs_normalization: the normaliser's kind.
-    """
-
-    squash = "clip"
-
-    def __init__(
-        self,
-        obs_dim: int,
-        action_low: Sequence[float],
-        action_high: Sequence[float],
-        *,
-        chunk: int = 1,
-        chunk_exec: int = 1,
-        hidden: Sequence[int] = (512, 512, 512, 512),
-        activation: Activation = "silu",
-        obs_normalization: ObsNormalization = "running",
-    ) -> None:
-        super().__init__(action_low, action_high)
-        self.obs_dim, self.action_dim = obs_dim, len(self.action_low)
-        self.chunk, self.chunk_exec = chunk, chunk_exec
-        self.obs_norm = make_obs_norm(obs_normalization, obs_dim)
-        size = self.flat_action_dim
-        self.net = mlp(obs_dim + size, size, hidden, activation)
-        self.init_kwargs: dict[str, Any] = {
-            "obs_dim": obs_dim,
-            "action_low": self.action_low.tolist(),
-            "action_high": self.action_high.tolist(),
-            "chunk": chunk,
-            "chunk_exec": chunk_exec,
-            "hidden": tuple(hidden),
-            "activation": activation,
-            "obs_normalization": obs_normalization,
-        }
-
-    def raw(self, obs_normalised: Tensor, noise: Tensor) -> Tensor:
-        """``mu_w``: normalised obs (B, Do), z (B, A) -> unclipped chunk (B, A)."""
-        return self.net(torch.cat([obs_normalised, noise], dim=-1))
-
-    def sample(self, obs: Tensor, mode: SampleMode = "random") -> Tensor:
-        """Clipped chunks (B, A) in [-1, 1] for raw observations (B, Do)."""
-        shape = (obs.shape[0], self.flat_action_dim)
-        noise = torch.zeros(shape, device=obs.device)
-        if mode == "random":
-            noise = torch.randn(shape, device=obs.device)
-        return self.raw(self.obs_norm(obs), noise).clamp(-1.0, 1.0)
-
-    def env_action(self, bounded: Tensor) -> Tensor:
-        """Chunk (B, A) in [-1, 1] -> env actions (B, Ta_exec * Da) in the env's bounds."""
-        return self.scale_to_env(self._executed(bounded)).reshape(bounded.shape[0], -1)
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, mode: SampleMode = "random") -> Tensor:
-        """Env actions (B, Ta_exec * Da) for raw observations (B, Do)."""
-        return self.env_action(self.sample(obs, mode))
 
 
 # ----------------------------------------------------------------------------- the algorithm

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flowpolicy.algos.fpo_presets import fpo_plus_plus
+
 if TYPE_CHECKING:
     from flowpolicy.algos.fpo import FPOConfig
     from flowpolicy.algos.ppo import PPOConfig
@@ -52,8 +54,6 @@ def fpo_plus_plus_humanoid(**overrides: object) -> FPOConfig:
     (sampling_steps 64, clip_param 0.05, the rest as in ``fpo++``). Deviation: actions clipped
     to the env's bounds (the release clips at 2 in its own action units).
     """
-    from flowpolicy.algos.fpo import fpo_plus_plus
-
     preset = LOCOMOTION_REGIME | dict(update_epochs=32, mc_samples=32, flow_steps=64)
     return fpo_plus_plus(**(preset | overrides))
 

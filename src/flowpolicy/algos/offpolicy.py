@@ -1,8 +1,8 @@
 """Pieces the iteration-batched off-policy methods (RLDT, QAM) share: the Q ensemble and its
-optimiser, the critic's TD steps on replayed trajectory segments, the member split, the check
-of a pretrained policy, running means of metrics, and :class:`OffPolicyAlgorithm`, the part of
-both algorithms around their actor updates (policy, critic, replay, reward scale, critic rounds,
-the rounds schedule, state). Each algorithm file keeps only what is its own (its actor update).
+optimiser, the critic's TD steps on replayed trajectory segments, the member split, running
+means of metrics, and :class:`OffPolicyAlgorithm`, the part of both algorithms around their
+actor updates (policy, critic, replay, reward scale, critic rounds, the rounds schedule, state).
+Each algorithm file keeps only what is its own (its actor update).
 
 One critic step (:func:`critic_steps`) on segments (S, T) of the replay:
 
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowpolicy import flows
 from flowpolicy.algos.onpolicy import optimizer_step
+from flowpolicy.algos.validation import check_initial_policy
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch, TrajectoryReplay
 from flowpolicy.critics import QEnsemble, QReduction
-from flowpolicy.errors import UserError
 from flowpolicy.policies import FlowPolicy
 from flowpolicy.returns import reward_scale_from_ema, td_lambda_targets, update_abs_reward_ema
 
@@ -221,33 +221,6 @@ def critic_steps(
             metrics["critic/grad_norm"] = grad_norm
         out.append(metrics)
     return out
-
-
-def check_initial_policy(policy: nn.Module, obs_dim: int, config: Any, algo_name: str) -> None:
-    """A pretrained policy must match the env and the config's chunking and flow steps."""
-    expected = {
-        "obs_dim": obs_dim,
-        "chunk": config.chunk,
-        "chunk_exec": config.chunk_exec,
-        "flow_steps": config.flow_steps,
-    }
-    wrong = {name: value for name, value in expected.items() if getattr(policy, name) != value}
-    if wrong:
-        found = ", ".join(f"{name}={getattr(policy, name)}" for name in wrong)
-        wanted = ", ".join(f"{name}={value}" for name, value in wrong.items())
-        flags = " ".join(
-            f"--{name.replace('_', '-')} {getattr(policy, name)}"
-            for name in wrong
-            if name != "obs_dim"
-        )
-        raise UserError(
-            f"The initial policy has {found}, but this run expects {wanted}. "
-            + (
-                "The policy was trained for another environment; pretrain one for this env."
-                if "obs_dim" in wrong
-                else f"Pass {flags} so the {algo_name} config matches the policy."
-            )
-        )
 
 
 class RunningMeans:

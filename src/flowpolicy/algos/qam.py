@@ -56,6 +56,7 @@ from flowpolicy.algos.adjoint import (
 )
 from flowpolicy.algos.config_blocks import FlowActorConfig, OffPolicyConfig
 from flowpolicy.algos.offpolicy import OffPolicyAlgorithm, RunningMeans
+from flowpolicy.algos.offpolicy_presets import qam_cpu
 from flowpolicy.algos.onpolicy import optimizer_step
 from flowpolicy.algos.qam_rldt import RLDTPortConfig, qam_rldt, random_states
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
@@ -191,27 +192,6 @@ class QAMConfig(RLDTPortConfig, FlowActorConfig, OffPolicyConfig):
         """utd: critic + actor steps per iteration, ``utd_ratio`` per env step collected."""
         env_steps = self.num_envs * self.num_steps * self.chunk_exec
         return max(1, round(self.utd_ratio * env_steps))
-
-
-def qam_cpu(**overrides: object) -> QAMConfig:
-    """QAM sized for a 2-core CPU: one gradient step per chunk instead of one per env step
-    (utd_ratio 0.25 with chunk 4, the reference BC policies' chunk), 10 critic members of
-    2x256 instead of 4x512, a 3x256 from-scratch actor, 4 envs x 50 chunk steps per iteration.
-    Measured with a 3x512 residual BC policy (K = 10) at Hopper sizes on one thread
-    (benchmarks/qam_update_speed.py): 0.08 s per critic step and 0.29 s per actor step, about
-    2.6 hours of updates per 100k env steps (the defaults: about 28). Keyword overrides win.
-
-    Source: ours (the QAM method of :class:`QAMConfig`, resized for a CPU)."""
-    preset = dict(
-        num_envs=4,
-        utd_ratio=0.25,
-        critic_hidden=(256, 256),
-        actor_hidden=(256, 256, 256),
-        chunk=4,
-        chunk_exec=4,
-        replay_iterations=1250,
-    )
-    return QAMConfig(**(preset | overrides))
 
 
 # ----------------------------------------------------------------------------- helpers

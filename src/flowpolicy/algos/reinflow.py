@@ -57,12 +57,7 @@ from flowpolicy.algos.config_blocks import FlowActorConfig, OnPolicyConfig, Valu
 from flowpolicy.algos.onpolicy import cosine_restarts_lr, trust_region_objective
 from flowpolicy.algos.reinflow_noise import NoiseNet, noise_upper_bound
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
-from flowpolicy.algos.validation import (
-    require_interval,
-    require_non_negative,
-    require_positive,
-    require_range,
-)
+from flowpolicy.algos.validation import check_reinflow_config
 from flowpolicy.buffers import RolloutBatch
 from flowpolicy.nets import Activation, SinusoidalTimeEmbedding, sinusoidal_embedding
 from flowpolicy.policies import FlowPolicy, Network, Squash
@@ -166,48 +161,7 @@ class ReinFlowConfig(ValueCriticConfig, FlowActorConfig, OnPolicyConfig):
     def __post_init__(self) -> None:
         self.check_rollout()
         self.check_flow_actor()
-        require_positive(
-            self,
-            "actor_lr",
-            "critic_lr",
-            "min_std",
-            "max_std",
-            "noise_clip",
-            "lr_cycle_iterations",
-            "actor_min_lr",
-            "critic_min_lr",
-        )
-        require_range(self, "noise_hold_fraction", 0.0, 1.0)
-        require_range(self, "noise_decay_ratio", 0.0, 1.0)
-        require_non_negative(
-            self, "ent_coef", "bc_coef", "actor_weight_decay", "critic_weight_decay"
-        )
-        require_interval(self, "log_prob_clamp")
-        if self.min_std >= self.max_std:
-            raise ValueError(
-                f"min_std ({self.min_std}) must be smaller than max_std ({self.max_std}): the "
-                "noise network's std lives in [min_std, upper bound]."
-            )
-        if not 0 <= self.lr_warmup_iterations < self.lr_cycle_iterations:
-            raise ValueError(
-                "need 0 <= lr_warmup_iterations < lr_cycle_iterations, got "
-                f"{self.lr_warmup_iterations} and {self.lr_cycle_iterations}."
-            )
-        if self.lr_schedule == "cosine_restarts":
-            for peak, floor in (("actor_lr", "actor_min_lr"), ("critic_lr", "critic_min_lr")):
-                if getattr(self, floor) > getattr(self, peak):
-                    raise ValueError(
-                        f"{floor} ({getattr(self, floor)}) exceeds {peak} ({getattr(self, peak)}): "
-                        f"the cosine schedule runs between them. Lower --{floor.replace('_', '-')} "
-                        "too, or pass --lr-schedule constant."
-                    )
-        batch = self.batch_size
-        if batch % self.num_minibatches or batch // self.num_minibatches < 2:
-            raise ValueError(
-                f"The batch of num_envs * num_steps = {self.num_envs} * {self.num_steps} = "
-                f"{batch} samples must split into num_minibatches = {self.num_minibatches} equal "
-                "parts of at least 2; change --num-steps, --num-envs or --num-minibatches."
-            )
+        check_reinflow_config(self)
 
 
 # ----------------------------------------------------------------------------- the chain

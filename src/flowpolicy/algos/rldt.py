@@ -54,6 +54,7 @@ from torch import Tensor
 from flowpolicy import distributed, flows
 from flowpolicy.algos.config_blocks import FlowActorConfig, OffPolicyConfig
 from flowpolicy.algos.offpolicy import OffPolicyAlgorithm, RunningMeans
+from flowpolicy.algos.offpolicy_presets import rldt_gym
 from flowpolicy.algos.spec import AlgorithmSpec, Preset
 from flowpolicy.algos.transport import (
     alignment_loss,
@@ -62,7 +63,7 @@ from flowpolicy.algos.transport import (
     posteriors_at_random_steps,
     svgd_field,
 )
-from flowpolicy.algos.validation import require_non_negative, require_positive
+from flowpolicy.algos.validation import check_rldt_config
 from flowpolicy.buffers import RolloutBatch, TrajectoryBatch
 from flowpolicy.nets import Activation
 from flowpolicy.policies import FlowPolicy, Network, Squash
@@ -161,40 +162,7 @@ class RLDTConfig(FlowActorConfig, OffPolicyConfig):
     def __post_init__(self) -> None:
         self.check_off_policy()
         self.check_flow_actor()
-        require_positive(
-            self,
-            "num_particles",
-            "actor_lr",
-            "actor_warmup_steps",
-            "actor_chunk_states",
-            "rbf_bandwidth",
-        )
-        require_non_negative(
-            self, "svgd_temperature", "action_noise_std", "consistency_coef", "constraint_coef"
-        )
-        if self.field != "delta" and self.num_particles < 2:
-            raise ValueError(
-                f"the {self.field} field needs num_particles >= 2, got {self.num_particles}."
-            )
-        if self.exploration == "min_extrp" and not 0 <= self.min_extrp_step < self.flow_steps:
-            raise ValueError(
-                f"min_extrp_step must be in [0, flow_steps) = [0, {self.flow_steps}), got "
-                f"{self.min_extrp_step}. The authors explore from the last two steps (6 of 8, "
-                f"30 of 32): pass --min-extrp-step {max(self.flow_steps - 2, 0)}."
-            )
-
-
-def rldt_gym(**overrides: object) -> RLDTConfig:
-    """The authors' full Gym data regime (100 envs x 500 chunk steps, 16 rounds, 512 critic
-    steps per iteration, 1-step TD targets); sized for a GPU. Keyword overrides win.
-
-    Source: RPFey/rldt at commit add6029182ae2598e4eb62037e8b4b8ec8a38ac9,
-    cfg/gym/finetune/hopper-v2/ft_svgd_flowmatching_mlp.yaml (n_envs 100, n_steps 500,
-    q_repeat 16, q_update_steps 512, policy_update_steps 32, td_lambda 0)."""
-    preset = dict(
-        num_envs=100, num_steps=500, rounds=16, critic_steps=512, actor_steps=32, td_lambda=0.0
-    )
-    return RLDTConfig(**(preset | overrides))
+        check_rldt_config(self)
 
 
 # ----------------------------------------------------------------------------- the algorithm
