@@ -89,6 +89,10 @@ def _registry() -> Any:
     # then calls MjSpec.find_body, which MuJoCo 3.3 renamed to MjSpec.body.
     if not hasattr(mujoco.MjSpec, "find_body"):
         mujoco.MjSpec.find_body = mujoco.MjSpec.body
+    # flowpolicy's own task on a model that ships with Playground (docs/humanoid_joystick.md).
+    from flowpolicy.envs.humanoid_joystick import register
+
+    register()
     return registry
 
 
@@ -129,13 +133,14 @@ def check_name(env_id: str) -> str:
         raise UserError(
             f"playground/{name} is one of Playground's locomotion or manipulation envs, whose "
             "robot models (MuJoCo Menagerie) are downloaded on first use; this machine cannot "
-            "download them, so only the 25 DeepMind Control Suite envs, whose models ship "
-            f"inside the package, are offered: {', '.join(names)}."
+            f"download them, so only the {len(names)} envs whose models ship inside the package "
+            "(the DeepMind Control Suite's and flowpolicy's HumanoidJoystick) are offered: "
+            f"{', '.join(names)}."
         )
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
     raise UserError(
-        f"Unknown Playground env {env_id!r}.{hint} The 25 available are listed by "
+        f"Unknown Playground env {env_id!r}.{hint} The {len(names)} available are listed by "
         "`python -m flowpolicy.envs.playground` (and in docs/playground.md)."
     )
 
