@@ -22,6 +22,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 from results import machine_info
@@ -34,7 +35,7 @@ from flowpolicy.envs.joystick_eval import evaluate_commands
 class Args:
     """Evaluate joystick policies per command type."""
 
-    runs: tuple[Path, ...]
+    runs: Annotated[tuple[Path, ...], tyro.conf.Positional]
     """run directories or policy files."""
     episodes: int = 4
     """episodes per command type."""

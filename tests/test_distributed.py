@@ -280,8 +280,11 @@ def test_pretraining_shards_the_data_and_resumes_to_the_same_numbers(tmp_path) -
 
     killed = tmp_path / "killed"
     metrics = killed / "metrics.jsonl"
+    # kill rank 1 once the first checkpoint (step 100) is on disk and the run went past it
     job, output = kill_rank_1_when(
-        pretrain_args(dataset, killed), tmp_path, lambda: count_in(metrics, "loss/bc") >= 4
+        pretrain_args(dataset, killed),
+        tmp_path,
+        lambda: (killed / "checkpoint.pt").exists() and count_in(metrics, '"loss/bc":') >= 3,
     )
     assert job.returncode != 0 and not (killed / "done.json").exists(), output
     assert 0 < torch.load(killed / "checkpoint.pt", weights_only=False)["loop"]["step"] < 3000
