@@ -44,14 +44,7 @@ fi
 
 source benchmarks/gpu_steps.sh  # step, throughput
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'available', torch.cuda.is_available())"
-  echo "cores: $(nproc)"
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+record_machine
 echo "# GPU check ($(date -u +%F), device $DEVICE)" > "$OUT/results.md"
 
 # 1. The CUDA tests (every algorithm trains on CUDA, evaluates on a CPU, resumes exactly).

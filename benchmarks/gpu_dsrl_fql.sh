@@ -48,14 +48,7 @@ fi
 
 source benchmarks/gpu_steps.sh  # step, throughput
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'available', torch.cuda.is_available())"
-  echo "cores: $(nproc)"
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+record_machine
 echo "# DSRL and FQL on $DEVICE ($(date -u +%F))" > "$OUT/results.md"
 
 # 1. The tests on CUDA.

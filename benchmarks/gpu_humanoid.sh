@@ -42,14 +42,7 @@ fi
 
 source benchmarks/gpu_steps.sh  # step
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  $PYTHON -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'available', torch.cuda.is_available()); print('jax', jax.__version__, jax.devices())"
-  echo "cores: $(nproc)"
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+record_machine
 
 # 1. Speed (compilation is not timed).
 step speed 90 $PYTHON benchmarks/playground_speed.py --device "$DEVICE" --num-envs "$envs" \

@@ -36,15 +36,7 @@ fi
 
 source benchmarks/gpu_steps.sh  # step
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'available', torch.cuda.is_available(), 'nccl', torch.cuda.is_available() and \
-torch.cuda.nccl.version())"
-  echo "cores: $(nproc)"
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+record_machine
 
 # 1. The data-parallel tests (CPU processes, gloo) on this machine's torch.
 step tests "$tests_limit" $PYTHON -m pytest -q -x tests/test_distributed.py \
@@ -52,11 +44,7 @@ step tests "$tests_limit" $PYTHON -m pytest -q -x tests/test_distributed.py \
 
 scaling() {  # scaling NAME SECONDS [scaling.py options]: a table into results.md
   local name=$1 limit=$2; shift 2
-  step "$name" "$limit" $PYTHON benchmarks/scaling.py --device "$DEVICE" \
-    --iterations "$iterations" --out "$WORK/$name.md" "$@"
-  if [ -f "$WORK/$name.md" ]; then
-    { echo "## $name"; echo; cat "$WORK/$name.md"; echo; } >> "$OUT/results.md"
-  fi
+  table "$name" "$limit" benchmarks/scaling.py --iterations "$iterations" "$@"
 }
 
 # 2. One process against two on the one GPU.

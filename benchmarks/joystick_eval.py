@@ -16,7 +16,6 @@ metrics.jsonl, where it has one).
 from __future__ import annotations
 
 import datetime
-import json
 import shlex
 import statistics
 import sys
@@ -29,6 +28,7 @@ from results import machine_info
 
 from flowpolicy.cli import load_eval_target
 from flowpolicy.envs.joystick_eval import evaluate_commands
+from flowpolicy.results import read_metrics
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,7 @@ class Args:
 
 def training_speed(run: Path) -> float | None:
     """Median env steps/s of a train run's iterations (None without metrics)."""
-    metrics = run / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    speeds = [row["charts/sps"] for row in rows if "charts/sps" in row]
+    speeds = [row["charts/sps"] for row in read_metrics(run) if "charts/sps" in row]
     return statistics.median(speeds) if speeds else None
 
 

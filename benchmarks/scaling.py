@@ -42,7 +42,7 @@ from pathlib import Path
 
 import tyro
 from results import machine_info
-from throughput import Throughput, iteration_steps, measure
+from throughput import Throughput, integer_options, iteration_steps, measure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,22 +130,19 @@ def gradient_sizes(method: str, env: str, train_args: str) -> tuple[int, int | N
     from flowpolicy.algos.presets import find_preset
     from flowpolicy.algos.registry import find_algorithm
     from flowpolicy.envs.tensor_env import make_tensor_env
+    from flowpolicy.train import TrainConfig, build_algorithm
 
     algo_name, _, preset = method.partition(":")
+    if find_algorithm(algo_name).requires_init:
+        raise SystemExit(f"{method} fine-tunes a policy: scaling.py trains from scratch.")
     config = find_preset(algo_name, preset or None).config()
-    words = shlex.split(train_args)
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        flag = "--" + name.replace("_", "-")
-        if flag in words and hasattr(config, name):
-            config = dataclasses.replace(config, **{name: int(words[words.index(flag) + 1])})
+    sizes = ("num_envs", "num_steps", "num_minibatches", "update_epochs")
+    config = dataclasses.replace(
+        config, **integer_options(train_args, [n for n in sizes if hasattr(config, n)])
+    )
     envs = make_tensor_env(env, 1, seed=0, chunk_exec=config.chunk_exec)
     try:
-        action_dim = envs.action_dim // config.chunk_exec
-        low, high = envs.action_low[:action_dim], envs.action_high[:action_dim]
-        spec = find_algorithm(algo_name)
-        if spec.requires_init:
-            raise SystemExit(f"{method} fine-tunes a policy: scaling.py trains from scratch.")
-        algo = spec.algorithm(envs.obs_dim, low, high, config)
+        algo = build_algorithm(TrainConfig(algo=config, env=env), envs)
     finally:
         envs.close()
     optimizers = [v for v in vars(algo).values() if isinstance(v, torch.optim.Optimizer)]

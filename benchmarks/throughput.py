@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,12 +206,20 @@ def iteration_steps(method: str, init: Path | None, train_args: str) -> int:
     sizes = {name: getattr(config, name) for name in ("num_envs", "num_steps", "chunk_exec")}
     if init is not None:
         sizes["chunk_exec"] = load_policy_from(init).chunk_exec
+    sizes |= integer_options(train_args, sizes)
+    return sizes["num_envs"] * sizes["num_steps"] * sizes["chunk_exec"]
+
+
+def integer_options(train_args: str, names: Iterable[str]) -> dict[str, int]:
+    """The values of ``--name-with-dashes N`` in ``train_args`` for each of ``names`` given
+    there (e.g. ``{"num_envs": 64}`` from ``"--num-envs 64"``)."""
     words = shlex.split(train_args)
-    for name in sizes:
+    found = {}
+    for name in names:
         flag = "--" + name.replace("_", "-")
         if flag in words:
-            sizes[name] = int(words[words.index(flag) + 1])
-    return sizes["num_envs"] * sizes["num_steps"] * sizes["chunk_exec"]
+            found[name] = int(words[words.index(flag) + 1])
+    return found
 
 
 def measure_all(args: Args) -> list[Measured]:
