@@ -174,14 +174,9 @@ def rank_share(algo: Any, world_size: int) -> Any:
     share = {"num_envs": num_envs // world_size}
     if hasattr(algo, UPDATES_PER_ENV_STEP):
         share[UPDATES_PER_ENV_STEP] = getattr(algo, UPDATES_PER_ENV_STEP) * world_size
-        batch = getattr(algo, REPLAY_BATCH)
-        if batch % world_size:
-            raise UserError(
-                f"--batch-size {batch} does not split over {world_size} processes: each rank "
-                f"samples batch_size / world_size transitions from its replay per gradient "
-                f"step. Pass a multiple of {world_size}, or start torchrun with fewer processes."
-            )
-        share[REPLAY_BATCH] = batch // world_size
+        share[REPLAY_BATCH] = split_batch(
+            getattr(algo, REPLAY_BATCH), world_size, "samples", "transitions from its replay"
+        )
     try:
         return replace(algo, **share)
     except ValueError as error:
@@ -190,6 +185,22 @@ def rank_share(algo: Any, world_size: int) -> Any:
             f"{num_envs} envs, and its share of the batch does not fit the update: {error} "
             "Use fewer processes, more envs, or fewer --num-minibatches."
         ) from error
+
+
+def split_batch(batch_size: int, world_size: int, verb: str, what: str) -> int:
+    """Each rank's share of a ``--batch-size`` (``batch_size / world_size``), where a rank
+    ``verb``s that many ``what`` per gradient step.
+
+    Raises:
+        UserError: the batch does not split evenly over the ranks.
+    """
+    if batch_size % world_size:
+        raise UserError(
+            f"--batch-size {batch_size} does not split over {world_size} processes: each rank "
+            f"{verb} batch_size / world_size {what} per gradient step. Pass a multiple of "
+            f"{world_size}, or start torchrun with fewer processes."
+        )
+    return batch_size // world_size
 
 
 def run_world_size(run_dir: str | Path) -> int:

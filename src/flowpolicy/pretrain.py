@@ -374,12 +374,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     if resume:
         refuse_resume_if_stopped(run_dir)
         distributed.check_resume_world_size(run_dir, ranks.world_size)
-    if config.bc.batch_size % ranks.world_size:
-        raise UserError(
-            f"--batch-size {config.bc.batch_size} does not split over {ranks.world_size} "
-            "processes: each rank draws batch_size / world_size chunks per step. Pass a "
-            f"multiple of {ranks.world_size}, or start torchrun with fewer processes."
-        )
+    rank_batch = distributed.split_batch(config.bc.batch_size, ranks.world_size, "draws", "chunks")
     if not resume:
         # An absolute dataset path, so that `pretrain --resume` works from any directory.
         config = dataclasses.replace(
@@ -405,7 +400,6 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     # rank: fitted before the process group starts, so without collectives).
     train_obs = train_obs[ranks.rank :: ranks.world_size]
     train_actions = train_actions[ranks.rank :: ranks.world_size]
-    rank_batch = config.bc.batch_size // ranks.world_size
     validation = None
     if len(val_ids):
         val_obs, val_actions = chunk_tensors(policy, dataset.subset(val_ids), config.chunk)
